@@ -1,0 +1,204 @@
+"""The one command line: `llmos VERB [options]`; `llmos VERB --help` lists each verb's options.
+
+    llmos data list | prepare [--from PATH|GLOB ...]   corpus sources and the prepared corpus
+    llmos tokenizer train | encode | stats              byte-level BPE
+    llmos pretrain [--depth 4 --steps 2000 ...]         train a base model (torchrun for DDP)
+    llmos generate --model RUN --prompt "..."           sample from a model, streaming
+    llmos speedrun --preset cpu                         data -> tokenizer -> pretrain -> sample -> report
+
+Options of the dataclass configs (model, training) are generated from their fields, so every
+field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
+line and exits with status 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from llmos.common import LlmosError
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, metavar=f.name.upper())
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# ----- verbs -----
+
+def cmd_data_list(args):
+    from llmos.data.corpus import list_sources
+    from llmos.report import markdown_table
+    rows = list_sources()
+    print(markdown_table(["name", "fetcher", "package", "license", "available", "description"],
+                         [[r["name"], r["fetcher"], r["package"], r["license"], r["available"], r["description"]] for r in rows]))
+
+
+def cmd_data_prepare(args):
+    from llmos.data.corpus import default_corpus_dir, prepare
+    out = Path(args.out).expanduser() if args.out else default_corpus_dir()
+    sources = args.sources.split(",") if args.sources else None
+    t = time.time()
+    manifest = prepare(out, sources=sources, from_patterns=args.from_patterns, val_fraction=args.val_fraction,
+                       seed=args.seed)
+    print(f"corpus in {out}: {manifest['train']['documents']:,} train / {manifest['val']['documents']:,} val "
+          f"documents, {manifest['bytes'] / 1e6:.1f} MB ({time.time() - t:.0f} s)")
+
+
+def cmd_tokenizer_train(args):
+    from llmos.data.corpus import default_corpus_dir, load_texts
+    from llmos.tokenizer import Tokenizer
+    data = Path(args.data).expanduser() if args.data else default_corpus_dir()
+    out = Path(args.out).expanduser() if args.out else data / "tokenizer.json"
+    t = time.time()
+    tok = Tokenizer.train(load_texts(data, "train"), vocab_size=args.vocab_size)
+    tok.save(out)
+    print(f"tokenizer with {tok.vocab_size} tokens -> {out} ({time.time() - t:.1f} s)")
+
+
+def cmd_tokenizer_encode(args):
+    from llmos.tokenizer import Tokenizer
+    tok = Tokenizer.load(args.tokenizer)
+    text = args.text if args.text is not None else sys.stdin.read()
+    ids = tok.encode(text)
+    print(json.dumps(ids) if not args.pieces else json.dumps([tok.decode([i]) for i in ids], ensure_ascii=False))
+
+
+def cmd_tokenizer_stats(args):
+    from llmos.data.corpus import default_corpus_dir, load_texts
+    from llmos.tokenizer import Tokenizer, bytes_per_token
+    data = Path(args.data).expanduser() if args.data else default_corpus_dir()
+    tok = Tokenizer.load(args.tokenizer or data / "tokenizer.json")
+    stats = bytes_per_token(tok, load_texts(data, args.split))
+    print(f"{args.split}: {stats['bytes']:,} bytes -> {stats['tokens']:,} tokens, "
+          f"{stats['bytes_per_token']:.3f} bytes/token (vocab {tok.vocab_size})")
+
+
+def cmd_pretrain(args):
+    from llmos.train.loop import TrainConfig
+    from llmos.train.pretrain import DataArgs, ModelArgs, pretrain
+    result = pretrain(dataclass_from_args(ModelArgs, args), dataclass_from_args(TrainConfig, args),
+                      dataclass_from_args(DataArgs, args), resume=args.resume)
+    if "val_bpb" in result:
+        print(f"done: step {result['step']}, validation loss {result['val_loss']:.4f}, "
+              f"{result['val_bpb']:.4f} bits/byte; run in {result['run_dir']}")
+
+
+def cmd_generate(args):
+    import torch
+    from llmos.engine import generate, load_model, stream_text
+    torch.set_grad_enabled(False)
+    model, tok, _ = load_model(args.model)
+    ids = tok.encode(args.prompt, bos=True)
+    t = time.time()
+    n = 0
+
+    def counted():
+        nonlocal n
+        for token_id in generate(model, ids, args.max_tokens, args.temperature, args.top_k, args.top_p,
+                                 args.seed, stop_ids=[tok.bos_id]):
+            n += 1
+            yield token_id
+
+    print(args.prompt, end="", flush=True)
+    for piece in stream_text(tok, counted()):
+        print(piece, end="", flush=True)
+    print(f"\n[{n} tokens, {n / max(time.time() - t, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+def cmd_speedrun(args):
+    from llmos.speedrun import run_speedrun
+    run_speedrun(args.preset, out=args.out, data=args.data, steps=args.steps, fresh=args.fresh)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llmos.train.loop import TrainConfig
+    from llmos.train.pretrain import DataArgs, ModelArgs
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="llmos", description="A hackable LLM stack: data to chat.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    data = verbs.add_parser("data", help="corpus sources and preparation").add_subparsers(dest="action", required=True)
+    p = data.add_parser("list", help="the catalog of corpus sources, with licenses", formatter_class=fmt)
+    p.set_defaults(func=cmd_data_list)
+    p = data.add_parser("prepare", help="fetch, clean, deduplicate and split a corpus", formatter_class=fmt)
+    p.add_argument("--from", dest="from_patterns", action="append", metavar="PATH|GLOB",
+                   help="your own files (.txt .md .jsonl .parquet) instead of the catalog; repeatable")
+    p.add_argument("--sources", default="", help="comma-separated catalog sources (default: all available)")
+    p.add_argument("--out", default="", help="corpus directory (default: LLMOS_HOME/data/default)")
+    p.add_argument("--val-fraction", type=float, default=0.005)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_prepare)
+
+    tokenizer = verbs.add_parser("tokenizer", help="train and use the BPE tokenizer").add_subparsers(dest="action", required=True)
+    p = tokenizer.add_parser("train", help="train byte-level BPE on a prepared corpus", formatter_class=fmt)
+    p.add_argument("--data", default="", help="prepared corpus directory (default: the default corpus)")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--out", default="", help="output tokenizer.json (default: DATA/tokenizer.json)")
+    p.set_defaults(func=cmd_tokenizer_train)
+    p = tokenizer.add_parser("encode", help="print the token ids of a text", formatter_class=fmt)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("text", nargs="?", help="text to encode (default: stdin)")
+    p.add_argument("--pieces", action="store_true", help="print token strings instead of ids")
+    p.set_defaults(func=cmd_tokenizer_encode)
+    p = tokenizer.add_parser("stats", help="bytes per token on a split", formatter_class=fmt)
+    p.add_argument("--data", default="")
+    p.add_argument("--tokenizer", default="", help="default: DATA/tokenizer.json")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.set_defaults(func=cmd_tokenizer_stats)
+
+    p = verbs.add_parser("pretrain", help="pretrain a base model", formatter_class=fmt)
+    add_dataclass_args(p, ModelArgs, "model")
+    add_dataclass_args(p, TrainConfig, "training")
+    add_dataclass_args(p, DataArgs, "data and output")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = verbs.add_parser("generate", help="sample text from a model", formatter_class=fmt)
+    p.add_argument("--model", required=True, help="run directory, .llmos params file or .pt checkpoint")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser("speedrun", help="the whole pipeline in one go, with a report", formatter_class=fmt)
+    p.add_argument("--preset", default="cpu", help="cpu | gpu | tiny")
+    p.add_argument("--out", default="", help="run directory (default: LLMOS_HOME/runs/speedrun-PRESET)")
+    p.add_argument("--data", default="", help="a prepared corpus to use instead of the default one")
+    p.add_argument("--steps", type=int, default=0, help="override the preset's training steps")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming the run directory")
+    p.set_defaults(func=cmd_speedrun)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LlmosError as e:
+        print(f"llmos {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The transformer: a Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU).
+
+    cfg = ModelConfig.from_depth(4, vocab_size=4096)   # one knob: depth derives width and heads
+    model = Transformer(cfg)
+    loss = model(x, targets=y)                          # training: mean cross-entropy (-1 = ignore)
+    cache = model.new_kv_cache(batch=1)
+    logits = model(prompt_ids, kv_cache=cache)          # inference: appends to the cache
+
+The same config can state an existing Llama-family model exactly (n_kv_heads, d_ff, rope_theta,
+norm_eps, tie_embeddings, head_dim), so imported models run through this code unchanged. RoPE uses
+the Hugging Face "rotate half" layout, so HF Llama weights load without any permutation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmos.common import LlmosError
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    head_dim: int = 0  # 0: d_model // n_heads
+    d_ff: int = 0  # 0: SwiGLU's 8/3 * d_model, rounded up to a multiple of 64
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            self.head_dim = self.d_model // self.n_heads
+        if self.d_ff == 0:
+            self.d_ff = 64 * math.ceil(8 * self.d_model / 3 / 64)
+        if self.n_heads % self.n_kv_heads:
+            raise LlmosError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+
+    @classmethod
+    def from_depth(cls, depth: int, vocab_size: int = 4096, max_seq_len: int = 256, **overrides) -> "ModelConfig":
+        """nanochat's single knob: width = 64 * depth, heads of size 64."""
+        d_model = 64 * depth
+        cfg = dict(vocab_size=vocab_size, d_model=d_model, n_layers=depth, n_heads=max(1, d_model // 64),
+                   n_kv_heads=max(1, d_model // 64), max_seq_len=max_seq_len)
+        cfg.update(overrides)
+        return cls(**cfg)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise LlmosError(f"unknown model config keys {sorted(unknown)}: the file was written by another version")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_lr(d_model: int) -> float:
+    """AdamW peak learning rate derived from width (muP-style 1/sqrt(width) scaling, tuned at d=256)."""
+    return 3e-3 * (256 / d_model) ** 0.5
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, H, T, D); cos/sin: (T, D). Rotates the two halves of each head (HF layout)."""
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer; `pos` is the number of tokens already cached."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k, v):
+        """Store k, v at the current position; return all keys and values so far."""
+        start, end = self.pos, self.pos + k.size(2)
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None):
+        B, T, _ = x.shape
+        cfg = self.cfg
+        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask, causal = None, True
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)
+            if kv_cache.pos > 0:  # new queries see the whole cache plus a causal block among themselves
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=kv_cache.pos)
+        if cfg.n_kv_heads != cfg.n_heads:
+            rep = cfg.n_heads // cfg.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, kv_cache):
+        x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        for block in self.layers:  # residual projections shrink with depth (GPT-2 style)
+            for proj in (block.attn.o_proj, block.mlp.down_proj):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.cfg.max_seq_len:
+            raise LlmosError(f"sequence of {start + T} tokens exceeds the model's context of "
+                             f"{self.cfg.max_seq_len}: shorten the input or use --max-tokens")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        x = self.embed(idx)
+        for block in self.layers:
+            x = block(x, cos, sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        x = self.norm(x)
+        if targets is None:
+            return self.lm_head(x).float()
+        logits = self.lm_head(x).float()
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+    def new_kv_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+        p = self.embed.weight
+        return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, p.device, p.dtype)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token: 6 per matmul weight (the input embedding is a lookup, not a
+        matmul) plus attention's 12 * layers * width * context (Kaplan et al.; nanochat)."""
+        cfg = self.cfg
+        n = self.num_params() - (0 if cfg.tie_embeddings else self.embed.weight.numel())
+        return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * (seq_len or cfg.max_seq_len)

@@ -1,0 +1,126 @@
+"""Byte-level BPE tokenizer (HF `tokenizers`) with the special tokens every later stage needs.
+
+    tok = Tokenizer.train(texts, vocab_size=4096)     # texts: any iterable of str
+    tok.save("tokenizer.json"); tok = Tokenizer.load("tokenizer.json")
+    ids = tok.encode("Hello", bos=True); text = tok.decode(ids)
+
+Text is split GPT-4 style (letters, 1-3 digit numbers, punctuation runs, whitespace) and then
+mapped to bytes, so any Unicode string round-trips exactly. Special tokens come first in the vocab
+(ids 0..N-1) and are reserved now for chat, tool calls and tool results.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from llmos.common import LlmosError
+
+BOS = "<|bos|>"
+SPECIAL_TOKENS = [
+    BOS,
+    "<|system_start|>", "<|system_end|>",
+    "<|user_start|>", "<|user_end|>",
+    "<|assistant_start|>", "<|assistant_end|>",
+    "<|tool_call_start|>", "<|tool_call_end|>",
+    "<|tool_result_start|>", "<|tool_result_end|>",
+    "<|pad|>",
+]
+SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                 r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+
+
+class Tokenizer:
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+        self.bos_id = self.token_id(BOS)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> "Tokenizer":
+        floor = 256 + len(SPECIAL_TOKENS)
+        if vocab_size < floor:
+            raise LlmosError(f"vocab_size {vocab_size} is too small: byte-level BPE needs at least {floor}")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise LlmosError(f"no tokenizer at {path}: train one with `llmos tokenizer train`")
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as e:
+            raise LlmosError(f"{path} is not a valid tokenizer.json ({e})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Tokenizer":
+        return cls(HFTokenizer.from_str(text))
+
+    def to_json(self) -> str:
+        return self.hf.to_str()
+
+    def save(self, path: str | Path) -> None:
+        from llmos.common import atomic_write
+        with atomic_write(path, "w") as f:
+            f.write(self.to_json())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def token_id(self, token: str) -> int:
+        i = self.hf.token_to_id(token)
+        if i is None:
+            raise LlmosError(f"tokenizer has no special token {token}: it was not trained by llmos")
+        return i
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if bos else ids
+
+    def encode_batch(self, texts: list[str], bos: bool = False) -> list[list[int]]:
+        out = [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        return [[self.bos_id, *ids] for ids in out] if bos else out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    @cached_property
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 byte length of every token (0 for special tokens): turns nats/token into bits/byte.
+        Byte-level BPE spells each byte as one printable character, so a token's length is its bytes."""
+        special = set(self.hf.get_added_tokens_decoder())
+        lengths = np.zeros(self.vocab_size, dtype=np.int32)
+        for token, i in self.hf.get_vocab().items():
+            if i not in special:
+                lengths[i] = len(token)
+        return lengths
+
+    def fingerprint(self) -> str:
+        import hashlib
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
+def bytes_per_token(tok: Tokenizer, texts: Iterable[str]) -> dict:
+    n_bytes = n_tokens = 0
+    for text in texts:
+        n_bytes += len(text.encode("utf-8"))
+        n_tokens += len(tok.encode(text))
+    if n_tokens == 0:
+        raise LlmosError("no text to measure: the split is empty")
+    return {"bytes": n_bytes, "tokens": n_tokens, "bytes_per_token": n_bytes / n_tokens}
+

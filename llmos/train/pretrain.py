@@ -1,0 +1,137 @@
+"""Pretraining: a prepared corpus + a tokenizer -> a base model in a run directory.
+
+    llmos pretrain --data CORPUS --tokenizer CORPUS/tokenizer.json --depth 4 --steps 2000 --out RUN
+    torchrun --nproc_per_node=2 -m llmos.cli pretrain ...      # DDP (gloo on CPU, nccl on CUDA)
+
+The run directory gets config.json, tokenizer.json, metrics.jsonl (loss, lr, tokens/s, MFU,
+validation loss and bits-per-byte, samples), loss.png, checkpoints/ and, at the end, the params
+file model.llmos. `--resume` continues from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from llmos.common import LlmosError, llmos_home, write_json
+from llmos.data.shards import TokenLoader, build_shards, eval_batches, load_tokens
+from llmos.engine import generate
+from llmos.model import ModelConfig, Transformer
+from llmos.params import check_vocab, save_params
+from llmos.report import plot_metrics
+from llmos.tokenizer import Tokenizer
+from llmos.train.loop import Trainer, TrainConfig, dist_setup, latest_checkpoint, load_checkpoint, resolve_device
+
+
+@dataclass
+class ModelArgs:
+    depth: int = 4  # the one knob: width 64*depth, heads of 64 (each below overrides)
+    d_model: int = 0
+    n_heads: int = 0
+    n_kv_heads: int = 0
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+
+    def build(self, vocab_size: int, seq_len: int) -> ModelConfig:
+        overrides = {k: v for k, v in asdict(self).items() if k != "depth" and v}
+        overrides.setdefault("n_heads", (overrides.get("d_model") or 64 * self.depth) // 64)
+        overrides.setdefault("n_kv_heads", overrides["n_heads"])
+        overrides["qk_norm"], overrides["tie_embeddings"] = self.qk_norm, self.tie_embeddings
+        return ModelConfig.from_depth(self.depth, vocab_size=vocab_size, max_seq_len=seq_len, **overrides)
+
+
+@dataclass
+class DataArgs:
+    data: str = ""  # a prepared corpus directory (default: LLMOS_HOME/data/default)
+    tokenizer: str = ""  # tokenizer.json (default: DATA/tokenizer.json)
+    out: str = ""  # run directory (default: LLMOS_HOME/runs/pretrain-d<depth>)
+    sample_prompt: str = "The"
+
+    def resolve(self, depth: int) -> tuple[Path, Path, Path]:
+        data = Path(self.data).expanduser() if self.data else llmos_home() / "data" / "default"
+        if not (data / "train.jsonl").is_file():
+            raise LlmosError(f"no prepared corpus in {data}: run `llmos data prepare` (or pass --data)")
+        tokenizer = Path(self.tokenizer).expanduser() if self.tokenizer else data / "tokenizer.json"
+        out = Path(self.out).expanduser() if self.out else llmos_home() / "runs" / f"pretrain-d{depth}"
+        return data, tokenizer, out
+
+
+def bits_per_byte_evaluator(val_tokens, token_bytes: torch.Tensor, seq_len: int, max_tokens: int,
+                            rank: int, world: int):
+    """Validation loss (nats/token) and bits per byte: summed token losses over the UTF-8 bytes those
+    tokens spell, so the figure compares across tokenizers."""
+    def evaluate(model: Transformer) -> dict:
+        device = model.embed.weight.device
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
+        for x, y in eval_batches(val_tokens, seq_len, max_tokens, rank=rank, world_size=world):
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            nats = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            nbytes = token_bytes.to(device)[y.flatten()]
+            counted = nbytes > 0  # special tokens (bos) spell no bytes and are not scored
+            sums += torch.stack([nats[counted].sum().double(), counted.sum().double(), nbytes.sum().double()])
+        if world > 1:
+            dist.all_reduce(sums)
+        nats, tokens, nbytes = sums.tolist()
+        return {"val_loss": nats / tokens, "val_bpb": nats / (math.log(2) * nbytes)}
+    return evaluate
+
+
+def sampler(tok: Tokenizer, prompt: str, max_tokens: int = 48):
+    def sample(model: Transformer) -> str:
+        ids = tok.encode(prompt, bos=True)
+        n = min(max_tokens, model.cfg.max_seq_len - len(ids))
+        return prompt + tok.decode(generate(model, ids, n, temperature=0.8, top_k=50, seed=0,
+                                            stop_ids=[tok.bos_id]))
+    return sample
+
+
+def pretrain(model_args: ModelArgs, train_cfg: TrainConfig, data_args: DataArgs, resume: bool = False) -> dict:
+    data_dir, tok_path, run_dir = data_args.resolve(model_args.depth)
+    tok = Tokenizer.load(tok_path)
+    cfg = model_args.build(tok.vocab_size, train_cfg.seq_len)
+    if resume:
+        saved = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+        cfg = ModelConfig.from_dict(saved["model_config"])
+        check_vocab(tok, cfg, source=f"the checkpoint in {run_dir}")
+        if train_cfg.seq_len > cfg.max_seq_len:
+            raise LlmosError(f"--seq-len {train_cfg.seq_len} is above the model's context of {cfg.max_seq_len}")
+    elif list((run_dir / "checkpoints").glob("step_*.pt")):
+        raise LlmosError(f"{run_dir} already holds a run: pass --resume to continue it, or --out for a new one")
+    torch.manual_seed(train_cfg.seed)
+    model = Transformer(cfg)
+    rank, world = dist_setup(resolve_device(train_cfg.device))
+    if rank == 0:
+        build_shards(data_dir, tok)
+    if world > 1:
+        dist.barrier()  # the other ranks read the shards rank 0 wrote
+    shards = build_shards(data_dir, tok)
+    loader = TokenLoader(load_tokens(shards, "train"), train_cfg.batch_size, train_cfg.seq_len,
+                         seed=train_cfg.seed, rank=rank, world_size=world)
+    evaluate = bits_per_byte_evaluator(load_tokens(shards, "val"), torch.from_numpy(tok.token_bytes),
+                                       train_cfg.seq_len, train_cfg.eval_tokens, rank, world)
+    trainer = Trainer(model, train_cfg, run_dir, loader, evaluate=evaluate,
+                      sample=sampler(tok, data_args.sample_prompt), checkpoint_extra={"tokenizer": tok.to_json()})
+    if trainer.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tok.save(run_dir / "tokenizer.json")
+        write_json(run_dir / "config.json", {"model": cfg.to_dict(), "model_args": asdict(model_args),
+                                             "train": asdict(train_cfg), "data": str(data_dir),
+                                             "tokenizer": str(tok_path), "world_size": world,
+                                             "params": model.num_params(),
+                                             "flops_per_token": model.flops_per_token(train_cfg.seq_len)})
+        manifest = data_dir / "manifest.json"
+        if manifest.is_file():
+            shutil.copy(manifest, run_dir / "data_manifest.json")
+    result = trainer.run(resume=resume)
+    if trainer.is_main:
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        if not result["interrupted"]:
+            save_params(run_dir / "model.llmos", trainer.model, tok,
+                        provenance={"source": "llmos pretrain", "run": run_dir.name, "step": result["step"]})
+    return {**result, "run_dir": str(run_dir), "params": model.num_params()}
+
