@@ -97,9 +97,7 @@ def cmd_pretrain(args):
 
 
 def cmd_generate(args):
-    import torch
     from llmos.engine import generate, load_model, stream_text
-    torch.set_grad_enabled(False)
     model, tok, _ = load_model(args.model)
     ids = tok.encode(args.prompt, bos=True)
     t = time.time()

@@ -34,8 +34,8 @@ class Preset:
 PRESETS = {
     # 4.3M params, ~9M tokens: about 10 minutes of compiled bf16 training on 2 Sapphire Rapids cores.
     "cpu": Preset(4096, ModelArgs(depth=4),
-                  TrainConfig(steps=2200, batch_size=16, seq_len=256, warmup_steps=100, eval_every=550,
-                              eval_tokens=131072, sample_every=1100, ckpt_every=250, log_every=10)),
+                  TrainConfig(steps=1400, batch_size=16, seq_len=256, warmup_steps=100, eval_every=350,
+                              eval_tokens=131072, sample_every=700, ckpt_every=250, log_every=10)),
     # A GPU-sized base model (~100M params) for one H100 / H200 or torchrun across several.
     "gpu": Preset(32768, ModelArgs(depth=12),
                   TrainConfig(steps=5000, batch_size=32, seq_len=1024, warmup_steps=200, eval_every=500,

@@ -95,10 +95,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fast_bf16(device: torch.device, compiled: bool) -> bool:
-    """bf16 pays off on CUDA, and on CPUs with AMX once the model is compiled (see docs/log.md)."""
+    """bf16 pays off on CUDA, and on CPUs with bf16 matmul units (AMX, AVX512-BF16) once the model
+    is compiled; eager bf16 on CPU is no faster than fp32 (docs/log.md)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return compiled and torch.backends.cpu.get_cpu_capability() == "AMX"
+    return compiled and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 def can_compile(device: torch.device) -> bool:

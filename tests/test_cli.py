@@ -1,0 +1,52 @@
+"""The CLI as a user meets it: help on every verb, clear one-line errors, the tiny speedrun end to end."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import llmos_cmd, subprocess_env
+from llmos.cli import main
+
+VERBS = [["data", "list"], ["data", "prepare"], ["tokenizer", "train"], ["tokenizer", "encode"],
+         ["tokenizer", "stats"], ["pretrain"], ["generate"], ["speedrun"]]
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*verb, "--help"])
+    assert done.value.code == 0
+    assert "usage: llmos " + " ".join(verb) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["speedrun", "--preset", "nope"], "unknown preset 'nope': choose one of cpu, gpu, tiny"),
+    (["data", "prepare", "--from", "/no/such/dir/*.txt"], "/no/such/dir/*.txt"),
+    (["generate", "--model", "/no/such/model.llmos"], "no model at /no/such/model.llmos"),
+    (["tokenizer", "encode", "--tokenizer", "/no/tok.json", "hi"], "no tokenizer at /no/tok.json"),
+    (["pretrain", "--data", "/no/corpus"], "no prepared corpus in /no/corpus"),
+])
+def test_bad_inputs_get_one_clear_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_tiny_speedrun_end_to_end(corpus_dir, tmp_path):
+    run = tmp_path / "speedrun"
+    done = subprocess.run(llmos_cmd("speedrun", "--preset", "tiny", "--data", str(corpus_dir), "--out", str(run)),
+                          env=subprocess_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "held-out bits per byte" in done.stdout
+    report = (run / "report.md").read_text()
+    for section in ("## Result", "## Data", "## Losses", "## Samples", "## Timings"):
+        assert section in report
+    assert (run / "loss.png").stat().st_size > 10_000 and (run / "base" / "model.llmos").is_file()
+    stages = json.loads((run / "stages.json").read_text())
+    assert list(stages) == ["data", "tokenizer", "pretrain", "sample", "report"]
+    again = subprocess.run(llmos_cmd("speedrun", "--preset", "tiny", "--data", str(corpus_dir), "--out", str(run)),
+                           env=subprocess_env(), capture_output=True, text=True)
+    assert again.returncode == 0 and "pretrain: done earlier, skipping" in again.stdout
+    gen = subprocess.run(llmos_cmd("generate", "--model", str(run / "base"), "--prompt", "def", "--max-tokens", "20",
+                                   "--seed", "1"), env=subprocess_env(), capture_output=True, text=True)
+    assert gen.returncode == 0 and gen.stdout.startswith("def") and "tokens/s" in gen.stderr

@@ -1,0 +1,99 @@
+"""Sampling and the params file: determinism, stopping, greedy limits, exact save/load, clear errors."""
+import json
+import struct
+
+import pytest
+import torch
+
+from llmos.common import LlmosError
+from llmos.engine import generate, load_model, sample_next, stream_text
+from llmos.model import ModelConfig, Transformer
+from llmos.params import load_params, read_metadata, save_params
+from llmos.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_path):
+    return Tokenizer.load(tokenizer_path)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                      max_seq_len=128, tie_embeddings=False)
+    return Transformer(cfg).eval()
+
+
+def test_sampling_is_deterministic_for_a_seed(model, tok):
+    prompt = tok.encode("def main():", bos=True)
+    a = list(generate(model, prompt, 40, temperature=1.0, top_p=0.9, seed=7))
+    b = list(generate(model, prompt, 40, temperature=1.0, top_p=0.9, seed=7))
+    c = list(generate(model, prompt, 40, temperature=1.0, top_p=0.9, seed=8))
+    assert a == b and a != c and len(a) == 40
+
+
+def test_greedy_matches_argmax_of_full_forward(model, tok):
+    prompt = tok.encode("import os", bos=True)
+    out = list(generate(model, prompt, 20, temperature=0))
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(20):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert out == ids[len(prompt):]
+    assert list(generate(model, prompt, 20, temperature=1.0, top_k=1, seed=3)) == out
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    draws = {int(sample_next(logits, 1.0, 0, 0.7, torch.Generator().manual_seed(i))) for i in range(200)}
+    assert draws == {0, 1}
+
+
+def test_generation_stops_at_stop_ids(model, tok):
+    prompt = tok.encode("x", bos=True)
+    free = list(generate(model, prompt, 30, temperature=0))
+    stopped = list(generate(model, prompt, 30, temperature=0, stop_ids=[free[5]]))
+    assert stopped == free[:free.index(free[5])]
+
+
+def test_context_overflow_is_a_clear_error(model, tok):
+    with pytest.raises(LlmosError, match="exceeds the model's context of 128"):
+        list(generate(model, tok.encode("hi", bos=True), 200))
+
+
+def test_stream_text_holds_back_partial_characters(tok):
+    ids = tok.encode("héllo 日本 ok")
+    assert "".join(stream_text(tok, ids)) == "héllo 日本 ok"
+    assert all("\ufffd" not in piece for piece in stream_text(tok, ids))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_params_file_round_trips(model, tok, tmp_path, dtype):
+    path = save_params(tmp_path / "m.llmos", model, tok, provenance={"source": "test"}, dtype=dtype)
+    loaded, tok2, info = load_params(path)
+    x = torch.tensor([tok.encode("hello world", bos=True)])
+    with torch.no_grad():
+        expected = model(x) if dtype == torch.float32 else Transformer(model.cfg).eval()
+        if dtype == torch.bfloat16:  # compare against the same weights rounded to bf16
+            expected.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in model.state_dict().items()})
+            expected = expected(x)
+        torch.testing.assert_close(loaded(x), expected)
+    assert tok2.encode("hello") == tok.encode("hello") and info["provenance"]["source"] == "test"
+    assert load_model(path)[0].cfg == model.cfg
+
+
+def test_bad_params_files_get_clear_errors(model, tok, tmp_path):
+    good = save_params(tmp_path / "m.llmos", model, tok).read_bytes()
+    (tmp_path / "cut.llmos").write_bytes(good[:len(good) // 2])
+    with pytest.raises(LlmosError, match="truncated"):
+        load_params(tmp_path / "cut.llmos")
+    (tmp_path / "text.llmos").write_text("hello, not a model")
+    with pytest.raises(LlmosError, match="not a safetensors params file"):
+        load_params(tmp_path / "text.llmos")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (tmp_path / "foreign.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(LlmosError, match="not an llmos params file"):
+        read_metadata(tmp_path / "foreign.safetensors")
+    with pytest.raises(LlmosError, match="no model at"):
+        load_model(tmp_path / "nothing-here")
