@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
-import importlib.util
+import importlib.metadata
 import json
 import re
 import shutil
@@ -241,7 +241,13 @@ CATALOG: dict[str, Source] = {s.name: s for s in _SOURCES}
 def available(source: Source) -> tuple[bool, str]:
     """Whether the tool this source's fetcher needs is installed here, and if not, why."""
     if source.fetcher == "pip":
-        return (True, "") if importlib.util.find_spec("pip") else (False, f"pip is missing from {sys.executable}")
+        # Ask the package metadata, not the import system: find_spec("pip") trips setuptools'
+        # distutils shim, and torch.compile then fails to build its C++ kernels.
+        try:
+            importlib.metadata.distribution("pip")
+            return True, ""
+        except importlib.metadata.PackageNotFoundError:
+            return False, f"pip is missing from {sys.executable}"
     if source.fetcher == "npm":
         return (True, "") if shutil.which("npm") else (False, "npm is not installed")
     missing = [tool for tool in ("apt-get", "dpkg-deb") if not shutil.which(tool)]
