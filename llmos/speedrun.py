@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -104,7 +104,8 @@ def stage_report(ctx: Context) -> dict:
     manifest = json.loads((ctx.data_dir / "manifest.json").read_text())
     evals = [m for m in metrics if "val_loss" in m]
     train = [m for m in metrics if "loss" in m]
-    tok_s = sorted(m["tok_per_s"] for m in train[len(train) // 4:])  # skip compile warm-up
+    steady = train[len(train) // 4:]  # past the compile warm-up
+    median = lambda key: sorted(m[key] for m in steady)[len(steady) // 2]
     timings = [[name, f"{info['seconds']:.0f}"] for name, info in ctx.status.items()]
     pre = ctx.done("pretrain")
     sections = [
@@ -121,10 +122,9 @@ def stage_report(ctx: Context) -> dict:
            f"{ctx.done('tokenizer')['bytes_per_token']:.3f} bytes/token on the validation split."),
         ("Losses", markdown_table(["step", "val loss", "val bits/byte"],
                                   [[m["step"], f"{m['val_loss']:.4f}", f"{m['val_bpb']:.4f}"] for m in evals])),
-        ("Throughput", f"Median {tok_s[len(tok_s) // 2]:,.0f} tokens/s, "
-                       f"MFU {sorted(m['mfu'] for m in train[len(train) // 4:])[len(tok_s) // 2]:.1%} "
-                       "(against a bf16/fp32 matmul peak measured at the start of training)."
-                       if tok_s else "No training steps logged."),
+        ("Throughput", f"Median {median('tok_per_s'):,.0f} tokens/s, MFU {median('mfu'):.1%} (against a "
+                       "matmul peak in the training dtype, measured at the start of training)."
+                       if steady else "No training steps logged."),
         ("Samples", "\n\n".join(f"```\n{s['text']}\n```" for s in ctx.done("sample")["samples"])),
         ("Timings (seconds)", markdown_table(["stage", "seconds"], timings)),
     ]
@@ -147,7 +147,7 @@ def run_speedrun(preset: str, out: str = "", data: str = "", steps: int = 0, fre
         raise LlmosError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
     if steps:
-        chosen.train.steps = steps
+        chosen = replace(chosen, train=replace(chosen.train, steps=steps))
     run_dir = Path(out).expanduser() if out else llmos_home() / "runs" / f"speedrun-{preset}"
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
