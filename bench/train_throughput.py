@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from llmos.interop.layout import hf_name
 from llmos.model import ModelConfig, Transformer, default_lr
 from llmos.perf import matmul_peak_flops
 
@@ -65,15 +66,6 @@ def hf_llama(cfg: ModelConfig) -> LlamaForCausalLM:
                          rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
                          use_cache=False, attn_implementation="sdpa")
     return LlamaForCausalLM(hf_cfg)
-
-
-def hf_name(name: str) -> str:
-    """llmos parameter name -> HF Llama name (the projections already share HF's names)."""
-    name = (name.replace(".attn_norm.", ".input_layernorm.").replace(".mlp_norm.", ".post_attention_layernorm.")
-            .replace(".attn.", ".self_attn."))
-    if name.startswith("embed."):
-        return "model.embed_tokens." + name.removeprefix("embed.")
-    return name if name.startswith("lm_head.") else "model." + name
 
 
 class HFWithLoss(nn.Module):

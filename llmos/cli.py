@@ -5,6 +5,8 @@
     llmos pretrain [--depth 4 --steps 2000 ...]         train a base model (torchrun for DDP)
     llmos generate --model RUN --prompt "..."           sample from a model, streaming
     llmos speedrun --preset cpu                         data -> tokenizer -> pretrain -> sample -> report
+    llmos export --model RUN --format gguf|hf|llmos     for llama.cpp, Hugging Face, or params file + run.py
+    llmos import model.gguf|HF_DIR --out m.llmos        a foreign Llama model into a params file
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -106,7 +108,7 @@ def cmd_generate(args):
     def counted():
         nonlocal n
         for token_id in generate(model, ids, args.max_tokens, args.temperature, args.top_k, args.top_p,
-                                 args.seed, stop_ids=[tok.bos_id]):
+                                 args.seed, stop_ids=tok.stop_ids):
             n += 1
             yield token_id
 
@@ -116,9 +118,64 @@ def cmd_generate(args):
     print(f"\n[{n} tokens, {n / max(time.time() - t, 1e-9):.1f} tokens/s]", file=sys.stderr)
 
 
+def cmd_export(args):
+    from llmos.interop.convert import export_model
+    t = time.time()
+    written, warnings = export_model(args.model, args.format, args.out, dtype=args.dtype)
+    for path in written:
+        print(f"wrote {path}")
+    for warning in warnings:
+        print(f"llmos export: warning: {warning}", file=sys.stderr)
+    print(f"[{time.time() - t:.1f} s]", file=sys.stderr)
+
+
+def cmd_import(args):
+    from llmos.interop.convert import import_model
+    t = time.time()
+    path = import_model(args.src, args.out, dtype=args.dtype)
+    print(f"wrote {path} ({time.time() - t:.1f} s)")
+
+
 def cmd_speedrun(args):
     from llmos.speedrun import run_speedrun
     run_speedrun(args.preset, out=args.out, data=args.data, steps=args.steps, fresh=args.fresh)
+
+
+def cmd_scaling_sweep(args):
+    from dataclasses import replace
+
+    from llmos.scaling import DEFAULT_GRID, QUICK_GRID, parse_depths, parse_flops, sweep
+    from llmos.train.loop import TrainConfig
+    grid = QUICK_GRID if args.quick else DEFAULT_GRID
+    grid = replace(grid, flops=parse_flops(args.flops) if args.flops else grid.flops,
+                   depths=parse_depths(args.depths) if args.depths else grid.depths,
+                   eval_tokens=args.eval_tokens or grid.eval_tokens)
+    train = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, compile=args.compile, device=args.device)
+    result = sweep(args.out, grid, data=args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size, train=train)
+    print(f"sweep: {len(result['trained'])} points trained, {len(result['done_before'])} done earlier, "
+          f"{len(result['skipped'])} skipped; next: llmos scaling fit" + (f" --out {args.out}" if args.out else ""))
+
+
+def cmd_scaling_fit(args):
+    from llmos.scaling import default_out, fit
+    result = fit(args.out, samples=args.bootstrap)
+    law = result["law"]
+    print(f"L(N, D) = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + {law['B']:.4g}/D^{law['beta']:.3f} "
+          f"from {result['points']} points; N_opt ∝ C^{result['a']:.3f}, D_opt ∝ C^{result['b']:.3f}")
+    print(f"report: {Path(args.out or default_out()).expanduser() / 'scaling_report.md'}")
+
+
+def cmd_scaling_predict(args):
+    from llmos.scaling import format_prediction, parse_flops, predict
+    for flops in parse_flops(args.flops):
+        print(format_prediction(predict(args.out, flops)))
+
+
+def cmd_scaling_check(args):
+    from llmos.scaling import check
+    result = check(args.out, factor=args.factor)
+    print(f"check at C={result['flops']:.3g} (depth {result['depth']}): predicted loss {result['predicted_loss']:.4f}, "
+          f"actual {result['val_loss']:.4f} ({result['rel_error']:+.2%})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = verbs.add_parser("generate", help="sample text from a model", formatter_class=fmt)
-    p.add_argument("--model", required=True, help="run directory, .llmos params file or .pt checkpoint")
+    p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
     p.add_argument("--prompt", default="")
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
@@ -175,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_generate)
 
+    p = verbs.add_parser("export", help="write a model for llama.cpp (gguf), Hugging Face (hf) or as params file + run.py",
+                         formatter_class=fmt)
+    p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
+    p.add_argument("--format", required=True, choices=["llmos", "gguf", "hf"])
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="llmos: f32|bf16; gguf: f32|f16|q8_0; hf: f32|f16|bf16")
+    p.add_argument("--out", required=True, help="gguf: the .gguf file; hf: a directory; llmos: a directory or .llmos file")
+    p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("import", help="turn a GGUF file or a Hugging Face Llama directory into a params file",
+                         formatter_class=fmt)
+    p.add_argument("src", help="a .gguf file or a Hugging Face model directory (config.json, safetensors, tokenizer.json)")
+    p.add_argument("--out", required=True, help="the params file to write (MODEL.llmos)")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    p.set_defaults(func=cmd_import)
+
     p = verbs.add_parser("speedrun", help="the whole pipeline in one go, with a report", formatter_class=fmt)
     p.add_argument("--preset", default="cpu", help="cpu | gpu | tiny")
     p.add_argument("--out", default="", help="run directory (default: LLMOS_HOME/runs/speedrun-PRESET)")
@@ -182,6 +255,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=0, help="override the preset's training steps")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming the run directory")
     p.set_defaults(func=cmd_speedrun)
+
+    scaling = verbs.add_parser("scaling", help="measure a scaling law and plan a run with it").add_subparsers(dest="action", required=True)
+    p = scaling.add_parser("sweep", help="train IsoFLOP profiles: several depths per compute budget", formatter_class=fmt)
+    p.add_argument("--flops", default="", help="comma-separated compute budgets (default 1e13,3e13,1e14; --quick 3e12,1e13)")
+    p.add_argument("--depths", default="", help="comma-separated depths to try per budget (default 1,2,3,4,5; --quick 1,2,3)")
+    p.add_argument("--quick", action="store_true", help="a ~7-minute grid to try the pipeline (a crude fit)")
+    p.add_argument("--out", default="", help="sweep directory (default: LLMOS_HOME/runs/scaling)")
+    p.add_argument("--data", default="", help="prepared corpus (default: the default corpus)")
+    p.add_argument("--tokenizer", default="", help="tokenizer.json (default: one trained once into the sweep directory)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the tokenizer the sweep trains")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-tokens", type=int, default=0, help="validation tokens per point (0: the grid's default)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_scaling_sweep)
+    p = scaling.add_parser("fit", help="fit L(N, D) and IsoFLOP minima; write fit.json, plots, scaling_report.md",
+                           formatter_class=fmt)
+    p.add_argument("--out", default="", help="sweep directory (default: LLMOS_HOME/runs/scaling)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none)")
+    p.set_defaults(func=cmd_scaling_fit)
+    p = scaling.add_parser("predict", help="optimal N, D and loss for a compute budget", formatter_class=fmt)
+    p.add_argument("--flops", required=True, help="compute budget(s), comma-separated")
+    p.add_argument("--out", default="", help="sweep directory (default: LLMOS_HOME/runs/scaling)")
+    p.set_defaults(func=cmd_scaling_predict)
+    p = scaling.add_parser("check", help="train at FACTOR x the largest budget; compare with the prediction",
+                           formatter_class=fmt)
+    p.add_argument("--factor", type=float, default=4.0)
+    p.add_argument("--out", default="", help="sweep directory (default: LLMOS_HOME/runs/scaling)")
+    p.set_defaults(func=cmd_scaling_check)
     return parser
 
 

@@ -22,20 +22,27 @@ from llmos.tokenizer import Tokenizer
 
 
 def load_model(ref: str | Path, device: str = "cpu") -> tuple[Transformer, Tokenizer, dict]:
-    """Resolve a model reference: a params file, a checkpoint, or a run directory (its params file,
-    else its latest checkpoint)."""
+    """Resolve a model reference: a params file, a checkpoint, a run directory (its params file,
+    else its latest checkpoint), or a named model (llmos.interop.catalog; fetched and imported once)."""
     path = Path(ref).expanduser()
+    if not path.exists():
+        from llmos.interop.catalog import is_named_model, resolve_named_model, unknown_model_error
+        if not is_named_model(str(ref)):
+            raise unknown_model_error(str(ref))
+        path = resolve_named_model(str(ref))
     if path.is_dir():
         if (path / "model.llmos").is_file():
             path = path / "model.llmos"
         else:
             from llmos.train.loop import latest_checkpoint
             path = latest_checkpoint(path / "checkpoints")
-    if not path.exists():
-        raise LlmosError(f"no model at {ref}: give a run directory, a .llmos params file or a .pt checkpoint")
     if path.suffix == ".pt":
         return load_checkpoint_model(path, device)
-    return load_params(path, device)
+    model, tok, info = load_params(path, device)
+    roles = info["provenance"].get("tokenizer_roles")
+    if roles:  # an imported model names its own bos/eos and whether prompts start with bos
+        tok = Tokenizer(tok.hf, **roles)
+    return model, tok, info
 
 
 def load_checkpoint_model(path: Path, device: str = "cpu") -> tuple[Transformer, Tokenizer, dict]:

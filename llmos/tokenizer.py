@@ -35,9 +35,24 @@ SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}|
 
 
 class Tokenizer:
-    def __init__(self, hf: HFTokenizer):
+    """llmos's own tokenizers have `<|bos|>` and always start a document with it. An imported model's
+    tokenizer names its own roles: `bos_token` (None: `<|bos|>` if present, else the token the
+    tokenizer.json's post-processor prepends, else none), `add_bos` (None: whether a bos was found
+    that way) and `eos_token` (where generation stops, besides bos)."""
+
+    def __init__(self, hf: HFTokenizer, bos_token: str | None = None, eos_token: str | None = None,
+                 add_bos: bool | None = None):
         self.hf = hf
-        self.bos_id = self.token_id(BOS)
+        if bos_token is None:
+            bos_token = BOS if hf.token_to_id(BOS) is not None else _post_processor_bos(hf)
+        self.bos_id = self.token_id(bos_token) if bos_token is not None else None
+        self.add_bos = (self.bos_id is not None) if add_bos is None else add_bos
+        self.eos_id = self.token_id(eos_token) if eos_token else None
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a generation: the document separator (bos) and the model's eos."""
+        return [i for i in (self.bos_id, self.eos_id) if i is not None]
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> "Tokenizer":
@@ -67,8 +82,8 @@ class Tokenizer:
             raise LlmosError(f"{path} is not a valid tokenizer.json ({e})") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "Tokenizer":
-        return cls(HFTokenizer.from_str(text))
+    def from_json(cls, text: str, **roles) -> "Tokenizer":
+        return cls(HFTokenizer.from_str(text), **roles)
 
     def to_json(self) -> str:
         return self.hf.to_str()
@@ -89,12 +104,13 @@ class Tokenizer:
         return i
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
+        """`bos=True` starts the ids with bos when the model expects one (imported models may not)."""
         ids = self.hf.encode(text, add_special_tokens=False).ids
-        return [self.bos_id, *ids] if bos else ids
+        return [self.bos_id, *ids] if bos and self.add_bos else ids
 
     def encode_batch(self, texts: list[str], bos: bool = False) -> list[list[int]]:
         out = [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
-        return [[self.bos_id, *ids] for ids in out] if bos else out
+        return [[self.bos_id, *ids] for ids in out] if bos and self.add_bos else out
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
@@ -113,6 +129,15 @@ class Tokenizer:
     def fingerprint(self) -> str:
         import hashlib
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
+def _post_processor_bos(hf: HFTokenizer) -> str | None:
+    """The special token a Hugging Face TemplateProcessing post-processor puts first, if any."""
+    import json
+    post = json.loads(hf.to_str()).get("post_processor") or {}
+    if post.get("type") == "TemplateProcessing" and post["single"] and "SpecialToken" in post["single"][0]:
+        return post["single"][0]["SpecialToken"]["id"]
+    return None
 
 
 def bytes_per_token(tok: Tokenizer, texts: Iterable[str]) -> dict:

@@ -1,0 +1,81 @@
+"""`llmos export` and `llmos import`: move a model between llmos and the formats others run.
+
+    export_model("runs/d4", "gguf", "models/d4-f16.gguf", dtype="f16")   # for llama.cpp
+    export_model("runs/d4", "hf", "models/d4-hf")                        # a transformers directory
+    export_model("runs/d4", "llmos", "models/d4")                        # model.llmos + run.py
+    import_model("SmolLM2-135M-Instruct.Q4_1.gguf", "models/smollm2.llmos")
+    import_model("path/to/hf-llama-dir", "models/llama.llmos")
+
+The model reference is anything `llmos.engine.load_model` accepts (run directory, .llmos file, .pt
+checkpoint, named model). `--format llmos` writes the params file and copies the repository's
+standalone `run.py` next to it, so the two files travel together. Imports become a params file
+whose provenance records the source and the tokenizer's bos/eos roles.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from llmos.common import LlmosError
+from llmos.params import save_params
+
+FORMATS = {"llmos": ("f32", "bf16"), "gguf": ("f32", "f16", "q8_0"), "hf": ("f32", "f16", "bf16")}
+PARAMS_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+
+def run_py_path() -> Path:
+    """The standalone runner at the repository root, one level above the llmos package."""
+    import llmos
+    return Path(llmos.__file__).resolve().parents[1] / "run.py"
+
+
+def _model_name(ref: str, provenance: dict) -> str:
+    return provenance.get("name") or Path(str(ref)).expanduser().resolve().name.removesuffix(".llmos")
+
+
+def export_model(ref: str | Path, fmt: str, out: str | Path, dtype: str = "f32") -> tuple[list[Path], list[str]]:
+    """Write model `ref` in format `fmt`; returns the paths written and warnings for the user."""
+    from llmos.engine import load_model
+    if fmt not in FORMATS:
+        raise LlmosError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if dtype not in FORMATS[fmt]:
+        raise LlmosError(f"--dtype {dtype} is not available for --format {fmt}: choose one of {', '.join(FORMATS[fmt])}")
+    out = Path(out).expanduser()
+    model, tok, info = load_model(ref)
+    chat_template = info.get("chat_template", "")
+    if fmt == "gguf":
+        from llmos.interop.gguf_io import write_gguf
+        name = _model_name(str(ref), info.get("provenance", {}))
+        return [write_gguf(out, model, tok, chat_template, dtype=dtype, name=name)], []
+    if fmt == "hf":
+        from llmos.interop.hf_io import write_hf_dir
+        return [write_hf_dir(out, model, tok, chat_template, dtype=dtype)], []
+    params = out if out.suffix == ".llmos" else out / "model.llmos"
+    provenance = {**info.get("provenance", {}), "exported_from": str(ref)}
+    written = [save_params(params, model, tok, provenance=provenance, chat_template=chat_template,
+                           dtype=PARAMS_DTYPES[dtype])]
+    runner = run_py_path()
+    if not runner.is_file():
+        return written, [f"run.py was not found at {runner} (this llmos installation has no standalone runner), "
+                         f"so only the params file was written; copy run.py next to it by hand"]
+    written.append(Path(shutil.copy2(runner, params.parent / "run.py")))
+    return written, []
+
+
+def import_model(src: str | Path, out: str | Path, dtype: str = "f32") -> Path:
+    """A GGUF file or a Hugging Face Llama directory -> a llmos params file."""
+    if dtype not in PARAMS_DTYPES:
+        raise LlmosError(f"--dtype {dtype} is not available for a params file: choose f32 or bf16")
+    src = Path(src).expanduser()
+    if src.is_dir():
+        from llmos.interop.hf_io import read_hf_dir
+        model, tok, chat_template, provenance = read_hf_dir(src)
+    elif src.suffix.lower() == ".gguf" or src.is_file():
+        from llmos.interop.gguf_io import read_gguf
+        model, tok, chat_template, provenance = read_gguf(src)
+    else:
+        raise LlmosError(f"nothing to import at {src}: give a .gguf file or a Hugging Face model directory")
+    return save_params(Path(out).expanduser(), model, tok, provenance=provenance, chat_template=chat_template,
+                       dtype=PARAMS_DTYPES[dtype])
