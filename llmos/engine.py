@@ -23,7 +23,13 @@ from llmos.tokenizer import Tokenizer
 
 def load_model(ref: str | Path, device: str = "cpu") -> tuple[Transformer, Tokenizer, dict]:
     """Resolve a model reference: a params file, a checkpoint, a run directory (its params file,
-    else its latest checkpoint), or a named model (llmos.interop.catalog; fetched and imported once)."""
+    else its latest checkpoint), or a named model (llmos.interop.catalog; fetched and imported once).
+    The model comes back in eval mode, laid out for fast decoding."""
+    model, tok, info = _load(ref, device)
+    return (model.decode_layout() if model.embed.weight.device.type == "cpu" else model), tok, info
+
+
+def _load(ref: str | Path, device: str) -> tuple[Transformer, Tokenizer, dict]:
     path = Path(ref).expanduser()
     if not path.exists():
         from llmos.interop.catalog import is_named_model, resolve_named_model, unknown_model_error

@@ -8,7 +8,8 @@ from conftest import llmos_cmd, subprocess_env
 from llmos.cli import main
 
 VERBS = [["data", "list"], ["data", "prepare"], ["tokenizer", "train"], ["tokenizer", "encode"],
-         ["tokenizer", "stats"], ["pretrain"], ["generate"], ["speedrun"]]
+         ["tokenizer", "stats"], ["pretrain"], ["generate"], ["speedrun"], ["export"], ["import"],
+         ["scaling", "sweep"], ["scaling", "fit"], ["scaling", "predict"], ["scaling", "check"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)

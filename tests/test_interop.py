@@ -179,13 +179,6 @@ def test_export_llmos_writes_params_and_run_py(tokenizer_path, tmp_path, monkeyp
 
 # ----- clear errors -----
 
-@pytest.mark.parametrize("verb", ["export", "import"])
-def test_verbs_have_help(verb, capsys):
-    with pytest.raises(SystemExit) as done:
-        main([verb, "--help"])
-    assert done.value.code == 0 and f"usage: llmos {verb}" in capsys.readouterr().out
-
-
 def test_clear_errors(tokenizer_path, tmp_path, capsys):
     src = make_model(tokenizer_path, tmp_path / "m.llmos")
     export_model(src, "gguf", tmp_path / "m.gguf")

@@ -153,10 +153,3 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no points in" in err and "Traceback" not in err
 
-
-@pytest.mark.parametrize("action", ["sweep", "fit", "predict", "check"])
-def test_every_scaling_action_has_help(action, capsys):
-    with pytest.raises(SystemExit) as done:
-        main(["scaling", action, "--help"])
-    assert done.value.code == 0
-    assert f"usage: llmos scaling {action}" in capsys.readouterr().out

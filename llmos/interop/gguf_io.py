@@ -139,7 +139,7 @@ def write_gguf(path: str | Path, model: Transformer, tok: Tokenizer, chat_templa
     for key, tensor in model.state_dict().items():
         if cfg.tie_embeddings and key == "lm_head.weight":
             continue
-        data = tensor.detach().float().cpu().numpy()
+        data = tensor.detach().float().cpu().contiguous().numpy()
         if heads := rope_heads(key, cfg):
             data = to_gguf_rope(data, heads)
         if data.ndim == 1 or dtype == "f32":
