@@ -236,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=fmt)
     p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
     p.add_argument("--format", required=True, choices=["llmos", "gguf", "hf"])
-    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
-                   help="llmos: f32|bf16; gguf: f32|f16|q8_0; hf: f32|f16|bf16")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"],
+                   help="llmos: f32|bf16; gguf: f32|f16|q8_0|q4_0|q4_1; hf: f32|f16|bf16")
     p.add_argument("--out", required=True, help="gguf: the .gguf file; hf: a directory; llmos: a directory or .llmos file")
     p.set_defaults(func=cmd_export)
 

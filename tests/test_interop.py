@@ -105,13 +105,17 @@ def test_hf_export_refuses_qk_norm(tokenizer_path, tmp_path):
 def test_gguf_round_trip_into_llmos(tokenizer_path, tmp_path):
     src = make_model(tokenizer_path, tmp_path / "m.llmos", **CONFIGS["untied-gqa"])
     ids, ref, _ = llmos_reference(src, 0)
-    for dtype, tolerance in (("f32", 1e-6), ("q8_0", 0.5)):  # q8_0: mean |diff| ~0.025, max ~0.16-0.28
+    # every GGUF type llmos writes comes back; quantized ones within their rounding (logit std ~1.3)
+    # (these test models have large random weights: 4-bit rounding moves their logits a lot)
+    for dtype, tolerance, min_corr in (("f32", 1e-6, 0.9999), ("f16", 0.05, 0.9999), ("q8_0", 0.5, 0.999),
+                                       ("q4_1", 6.0, 0.85), ("q4_0", 6.0, 0.8)):
         export_model(src, "gguf", tmp_path / f"m-{dtype}.gguf", dtype=dtype)
         import_model(tmp_path / f"m-{dtype}.gguf", tmp_path / f"back-{dtype}.llmos")
         _, tok, info = load_model(tmp_path / f"back-{dtype}.llmos")
         assert tok.encode(PROMPT, bos=True) == ids and "messages" in info["chat_template"]
         _, back, _ = llmos_reference(tmp_path / f"back-{dtype}.llmos", 0)
         assert np.abs(back - ref).max() < tolerance, dtype
+        assert np.corrcoef(back.ravel(), ref.ravel())[0, 1] > min_corr, dtype
 
 
 # ----- llama.cpp -----

@@ -21,7 +21,7 @@ import torch
 from llmos.common import LlmosError
 from llmos.params import save_params
 
-FORMATS = {"llmos": ("f32", "bf16"), "gguf": ("f32", "f16", "q8_0"), "hf": ("f32", "f16", "bf16")}
+FORMATS = {"llmos": ("f32", "bf16"), "gguf": ("f32", "f16", "q8_0", "q4_0", "q4_1"), "hf": ("f32", "f16", "bf16")}
 PARAMS_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 

@@ -6,7 +6,7 @@
 The file uses llama.cpp's `llama` architecture and its GPT-2-style BPE vocabulary (`gpt2`: tokens,
 merges, token types with special tokens as CONTROL). The `tokenizer.ggml.pre` name tells llama.cpp
 which regex splits text before BPE; llmos's GPT-4-style split is llama-3's, "llama-bpe".
-Writing: dtype f32, f16 or q8_0 (matrices only; norms stay f32, and a matrix whose rows are not a
+Writing: dtype f32, f16, q8_0, q4_0 or q4_1 (matrices only; norms stay f32, and a matrix whose rows are not a
 multiple of 32 falls back to f16, as llama.cpp's converter does). Tied embeddings are written once
 as `token_embd.weight`: llama.cpp uses it for the output projection when `output.weight` is absent.
 Reading: any tensor type `gguf.quants.dequantize` knows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants
@@ -30,7 +30,8 @@ from llmos.interop.layout import (from_gguf_rope, gguf_name, llmos_name_from_ggu
 from llmos.model import ModelConfig, Transformer
 from llmos.tokenizer import SPLIT_PATTERN, Tokenizer
 
-GGUF_DTYPES = ("f32", "f16", "q8_0")
+GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
+QUANTIZED = ("q8_0", "q4_0", "q4_1")  # gguf.GGMLQuantizationType names, upper-cased
 
 
 def _pre_tokenizer(name: str):
@@ -102,7 +103,8 @@ def write_gguf(path: str | Path, model: Transformer, tok: Tokenizer, chat_templa
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                 "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[dtype]
 
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_name(name)
@@ -144,9 +146,9 @@ def write_gguf(path: str | Path, model: Transformer, tok: Tokenizer, chat_templa
             data = to_gguf_rope(data, heads)
         if data.ndim == 1 or dtype == "f32":
             w.add_tensor(gguf_name(key), np.ascontiguousarray(data, dtype=np.float32))
-        elif dtype == "q8_0" and data.shape[-1] % 32 == 0:
-            w.add_tensor(gguf_name(key), quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        elif dtype in QUANTIZED and data.shape[-1] % 32 == 0:  # quant blocks are 32 wide
+            qtype = gguf.GGMLQuantizationType[dtype.upper()]
+            w.add_tensor(gguf_name(key), quantize(data, qtype), raw_dtype=qtype)
         else:
             w.add_tensor(gguf_name(key), np.ascontiguousarray(data, dtype=np.float16))
     try:
