@@ -410,7 +410,9 @@ def _theta_law(theta) -> Law:
 
 
 def _law_theta(law: Law) -> np.ndarray:
-    return np.array([math.log(law.A), math.log(law.B), math.log(law.E), law.alpha, law.beta])
+    """Back to log space; a term the fit drove to zero (exp underflow) becomes the tiniest float."""
+    logs = [math.log(max(v, np.finfo(float).tiny)) for v in (law.A, law.B, law.E)]
+    return np.array([*logs, law.alpha, law.beta])
 
 
 # ----- approach 2: IsoFLOP parabolas -----
