@@ -135,11 +135,11 @@ def test_bigbench_loaders_on_a_fake_sdist(tmp_path, monkeypatch):
     sdist = fake_bigbench(tmp_path / "bigbench-1.0.0.tar.gz")
     calls = []
 
-    def fake_run(cmd, cwd, source):  # stands in for `pip download`: drops the archive where pip would
+    def fake_run(cmd, cwd, name, attempts=3):  # stands in for `pip download`: drops the archive where pip would
         calls.append(cmd)
         shutil.copy(sdist, cwd)
         return ""
-    monkeypatch.setattr(sources, "_run", fake_run)
+    monkeypatch.setattr(sources, "run_download", fake_run)
     ni_train, ni_eval = conv.natural_instructions("train", 0), conv.natural_instructions("eval", 0)
     assert len(calls) == 1 and "--no-binary" in calls[0]  # fetched once, then reused via the marker
     unpacked = {p.relative_to(sources.source_dir(conv.BIGBENCH)).as_posix()

