@@ -86,13 +86,12 @@ def stage_pretrain(ctx: Context) -> dict:
 
 
 def stage_sample(ctx: Context) -> dict:
-    from llmos.engine import generate, load_model
+    from llmos.engine import load_model
+    from llmos.train.pretrain import sampler
     model, tok, _ = load_model(ctx.run_dir / "base")
     samples = []
     for i, prompt in enumerate(ctx.preset.sample_prompts):
-        ids = generate(model, tok.encode(prompt, bos=True), ctx.preset.sample_tokens, temperature=0.8,
-                       top_k=50, seed=i, stop_ids=[tok.bos_id])
-        samples.append({"prompt": prompt, "text": prompt + tok.decode(ids)})
+        samples.append({"prompt": prompt, "text": sampler(tok, prompt, ctx.preset.sample_tokens, seed=i)(model)})
         print(f"--- {samples[-1]['text']}\n")
     return {"samples": samples}
 

@@ -10,6 +10,8 @@ mapped to bytes, so any Unicode string round-trips exactly. Special tokens come 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable
@@ -18,7 +20,7 @@ import numpy as np
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from llmos.common import LlmosError
+from llmos.common import LlmosError, atomic_write
 
 BOS = "<|bos|>"
 SPECIAL_TOKENS = [
@@ -89,7 +91,6 @@ class Tokenizer:
         return self.hf.to_str()
 
     def save(self, path: str | Path) -> None:
-        from llmos.common import atomic_write
         with atomic_write(path, "w") as f:
             f.write(self.to_json())
 
@@ -127,13 +128,11 @@ class Tokenizer:
         return lengths
 
     def fingerprint(self) -> str:
-        import hashlib
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
 
 def _post_processor_bos(hf: HFTokenizer) -> str | None:
     """The special token a Hugging Face TemplateProcessing post-processor puts first, if any."""
-    import json
     post = json.loads(hf.to_str()).get("post_processor") or {}
     if post.get("type") == "TemplateProcessing" and post["single"] and "SpecialToken" in post["single"][0]:
         return post["single"][0]["SpecialToken"]["id"]

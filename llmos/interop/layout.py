@@ -40,53 +40,41 @@ _GGUF_LAYER = {"attn_norm.weight": "attn_norm.weight", "attn.q_proj.weight": "at
                "mlp.down_proj.weight": "ffn_down.weight"}
 
 
+def _rename(name: str, global_pairs, layer_pairs, src_layer: str, dst_layer: str) -> str | None:
+    """Map a weight name through (from, to) prefix pairs: `SRC_LAYER.N.rest` through the layer pairs
+    (rebuilt as `DST_LAYER.N.`), anything else through the global pairs. None when nothing matches."""
+    m = re.fullmatch(rf"{re.escape(src_layer)}\.(\d+)\.(.+)", name)
+    pairs, rest, head = (layer_pairs, m.group(2), f"{dst_layer}.{m.group(1)}.") if m else (global_pairs, name, "")
+    for src, dst in pairs:
+        if rest.startswith(src):
+            return head + dst + rest[len(src):]
+    return None
+
+
+def _swap(pairs) -> list[tuple[str, str]]:
+    return [(b, a) for a, b in pairs]
+
+
 def hf_name(name: str) -> str:
-    m = re.fullmatch(r"layers\.(\d+)\.(.+)", name)
-    if m:
-        layer, rest = m.groups()
-        for ours, theirs in _HF_PREFIXES[3:]:
-            if rest.startswith(ours):
-                return f"model.layers.{layer}.{theirs}{rest[len(ours):]}"
-    else:
-        for ours, theirs in _HF_PREFIXES[:3]:
-            if name.startswith(ours):
-                return theirs + name[len(ours):]
-    raise LlmosError(f"no Hugging Face name for the llmos weight {name}")
+    hf = _rename(name, _HF_PREFIXES[:3], _HF_PREFIXES[3:], "layers", "model.layers")
+    if hf is None:
+        raise LlmosError(f"no Hugging Face name for the llmos weight {name}")
+    return hf
 
 
 def llmos_name_from_hf(name: str) -> str | None:
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
-    if m:
-        layer, rest = m.groups()
-        for ours, theirs in _HF_PREFIXES[3:]:
-            if rest.startswith(theirs):
-                return f"layers.{layer}.{ours}{rest[len(theirs):]}"
-        return None
-    for ours, theirs in _HF_PREFIXES[:3]:
-        if name.startswith(theirs):
-            return ours + name[len(theirs):]
-    return None
+    return _rename(name, _swap(_HF_PREFIXES[:3]), _swap(_HF_PREFIXES[3:]), "model.layers", "layers")
 
 
 def gguf_name(name: str) -> str:
-    if name in _GGUF_GLOBAL:
-        return _GGUF_GLOBAL[name]
-    m = re.fullmatch(r"layers\.(\d+)\.(.+)", name)
-    if m and m.group(2) in _GGUF_LAYER:
-        return f"blk.{m.group(1)}.{_GGUF_LAYER[m.group(2)]}"
-    raise LlmosError(f"no GGUF (llama) name for the llmos weight {name}")
+    gguf = _rename(name, _GGUF_GLOBAL.items(), _GGUF_LAYER.items(), "layers", "blk")
+    if gguf is None:
+        raise LlmosError(f"no GGUF (llama) name for the llmos weight {name}")
+    return gguf
 
 
 def llmos_name_from_gguf(name: str) -> str | None:
-    for ours, theirs in _GGUF_GLOBAL.items():
-        if name == theirs:
-            return ours
-    m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
-    if m:
-        for ours, theirs in _GGUF_LAYER.items():
-            if m.group(2) == theirs:
-                return f"layers.{m.group(1)}.{ours}"
-    return None
+    return _rename(name, _swap(_GGUF_GLOBAL.items()), _swap(_GGUF_LAYER.items()), "blk", "layers")
 
 
 def to_gguf_rope(w: np.ndarray, n_heads: int) -> np.ndarray:

@@ -81,11 +81,12 @@ def bits_per_byte_evaluator(val_tokens, token_bytes: torch.Tensor, seq_len: int,
     return evaluate
 
 
-def sampler(tok: Tokenizer, prompt: str, max_tokens: int = 48):
+def sampler(tok: Tokenizer, prompt: str, max_tokens: int = 48, seed: int = 0):
+    """model -> prompt plus a seeded continuation (temperature 0.8, top-k 50), capped by the context."""
     def sample(model: Transformer) -> str:
         ids = tok.encode(prompt, bos=True)
         n = min(max_tokens, model.cfg.max_seq_len - len(ids))
-        return prompt + tok.decode(generate(model, ids, n, temperature=0.8, top_k=50, seed=0,
+        return prompt + tok.decode(generate(model, ids, n, temperature=0.8, top_k=50, seed=seed,
                                             stop_ids=[tok.bos_id]))
     return sample
 
