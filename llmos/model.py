@@ -125,7 +125,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None):
+    def forward(self, x, cos, sin, kv_cache: KVCache | None, mask=None):
         B, T, _ = x.shape
         cfg = self.cfg
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
@@ -134,10 +134,10 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        mask, causal = None, True
+        causal = mask is None
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
-            if kv_cache.pos > 0:  # new queries see the whole cache plus a causal block among themselves
+            if kv_cache.pos > 0 and mask is None:  # new queries see the whole cache plus a causal block among themselves
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=kv_cache.pos)
@@ -167,8 +167,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, kv_cache):
-        x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache)
+    def forward(self, x, cos, sin, kv_cache, mask=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -195,16 +195,25 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, key_valid=None):
+        """`key_valid` (B, positions so far incl. these): False marks left padding, which no query
+        attends to; RoPE scores depend only on relative positions, so a left-padded row computes
+        what it would alone (batched generation)."""
         B, T = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.cfg.max_seq_len:
             raise LlmosError(f"sequence of {start + T} tokens exceeds the model's context of "
                              f"{self.cfg.max_seq_len}: shorten the input or use --max-tokens")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        mask = None
+        if key_valid is not None:
+            causal = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+            own = torch.zeros_like(causal)
+            own[:, start:] = torch.eye(T, dtype=torch.bool, device=idx.device)  # padding sees itself: no empty row
+            mask = ((causal & key_valid[:, None, :start + T]) | own)[:, None]
         x = self.embed(idx)
         for block in self.layers:
-            x = block(x, cos, sin, kv_cache)
+            x = block(x, cos, sin, kv_cache, mask)
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.norm(x)

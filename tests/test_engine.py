@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmos.common import LlmosError
-from llmos.engine import generate, load_model, sample_next, stream_text
+from llmos.engine import generate, generate_batch, load_model, sample_next, stream_text
 from llmos.model import ModelConfig, Transformer
 from llmos.params import load_params, read_metadata, save_params
 from llmos.tokenizer import Tokenizer
@@ -97,3 +97,26 @@ def test_bad_params_files_get_clear_errors(model, tok, tmp_path):
         read_metadata(tmp_path / "foreign.safetensors")
     with pytest.raises(LlmosError, match="no model at"):
         load_model(tmp_path / "nothing-here")
+
+
+def test_batched_greedy_matches_one_prompt_at_a_time(model, tok):
+    prompts = [tok.encode(text, bos=True) for text in ("import os", "x", "def main():\n    return 42", "class A:")]
+    stop = [tok.token_id("<|assistant_end|>")]
+    alone = [list(generate(model, p, 24, temperature=0, stop_ids=stop, yield_stop=True, repetition_penalty=1.3))
+             for p in prompts]
+    assert generate_batch(model, prompts, 24, stop_ids=stop, repetition_penalty=1.3) == alone
+    # A row that stops early ends with its stop token while the others go on.
+    early = alone[0][5]
+    batched = generate_batch(model, prompts, 24, stop_ids=[early])
+    assert batched[0] == alone[0][:6] or early in alone[0][:5]
+    assert all(len(r) <= 24 for r in batched)
+
+
+def test_repetition_penalty_breaks_loops(model, tok):
+    prompt = tok.encode("the the the", bos=True)
+    free = list(generate(model, prompt, 60, temperature=0))
+    assert list(generate(model, prompt, 60, temperature=0, repetition_penalty=1.0)) == free
+    penalized = list(generate(model, prompt, 60, temperature=0, repetition_penalty=3.0))
+    assert len(set(penalized)) > len(set(free)), (len(set(free)), len(set(penalized)))
+    with pytest.raises(LlmosError, match="repetition-penalty must be positive"):
+        list(generate(model, prompt, 5, repetition_penalty=0))
