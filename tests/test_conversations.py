@@ -32,12 +32,18 @@ def test_generators_are_seeded_and_valid(name):
             assert c["source"] == name
 
 
-def test_identity_eval_paraphrases_never_appear_in_train():
-    train = {last_user(c).lower().rstrip("?") for c in conv.identity("train", 0)}
-    evals = {last_user(c).lower().rstrip("?") for c in conv.identity("eval", 0)}
-    strip = lambda q: q.split(": ")[-1].removeprefix("hi! ").removeprefix("hello. ")  # noqa: E731
-    assert evals and not {strip(q) for q in train} & {strip(q) for q in evals}
-    assert "llmos" in " ".join(c["messages"][-1]["content"] for c in conv.identity("eval", 0))
+def test_identity_eval_is_held_out_by_greeting_and_by_wording():
+    train, evals = conv.identity("train", 0), conv.identity("eval", 0)
+    trained_users = {m["content"] for c in train for m in c["messages"] if m["role"] == "user"}
+    assert not trained_users & {last_user(c) for c in evals}  # no eval question was ever trained on
+    strip = lambda q: q.split(": ")[-1].split(", ")[-1].split("! ")[-1].split(". ")[-1].lower().rstrip("?")  # noqa: E731
+    trained_wordings = {strip(q) for q in trained_users}
+    by_kind = {kind: [c for c in evals if c["kind"] == kind] for kind in ("context", "wording")}
+    assert all(strip(last_user(c)) in trained_wordings for c in by_kind["context"])
+    assert all(strip(last_user(c)) not in trained_wordings for c in by_kind["wording"])
+    assert len(by_kind["context"]) == 140 and len(by_kind["wording"]) == 56
+    assert all(any(last_user(c).startswith(g) for g in conv.EVAL_GREETINGS) for c in by_kind["context"])
+    assert "llmos" in " ".join(c["messages"][-1]["content"] for c in evals)
 
 
 def skill_key(task: dict) -> str:
