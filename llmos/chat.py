@@ -146,6 +146,16 @@ class ChatFormat:
             return [self._id[TURN_TOKENS["assistant"][1]], *self.tok.stop_ids]
         return self.tok.stop_ids
 
+    @property
+    def end_of_turn_id(self) -> int | None:
+        """The token that properly closes an assistant turn (`<|assistant_end|>`, or the model's eos)."""
+        return self._id[TURN_TOKENS["assistant"][1]] if self.native else self.tok.eos_id
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Every special token of the tokenizer: none belongs inside a reply's text."""
+        return {i for i, t in self.tok.hf.get_added_tokens_decoder().items() if t.special}
+
     def render(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         """Token ids of a whole training conversation and its loss mask (1 = learn to produce this token)."""
         validate_messages(messages)

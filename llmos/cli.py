@@ -4,6 +4,7 @@
     llmos tokenizer train | encode | stats              byte-level BPE
     llmos pretrain [--depth 4 --steps 2000 ...]         train a base model (torchrun for DDP)
     llmos generate --model RUN --prompt "..."           sample from a model, streaming
+    llmos chat --model RUN|NAME [-p "..."]              talk with a model in the terminal
     llmos speedrun --preset cpu                         data -> tokenizer -> pretrain -> sample -> report
     llmos export --model RUN --format gguf|hf|llmos     for llama.cpp, Hugging Face, or params file + run.py
     llmos import model.gguf|HF_DIR --out m.llmos        a foreign Llama model into a params file
@@ -24,14 +25,16 @@ from pathlib import Path
 from llmos.common import LlmosError
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str) -> None:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str, defaults=None) -> None:
+    """One flag per dataclass field; `defaults` (an instance) overrides the class's own defaults."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default)
+        default = getattr(defaults, f.name) if defaults is not None else f.default
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
         else:
-            group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, metavar=f.name.upper())
+            group.add_argument(flag, dest=f.name, type=type(default), default=default, metavar=f.name.upper())
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
@@ -98,6 +101,26 @@ def cmd_pretrain(args):
               f"{result['val_bpb']:.4f} bits/byte; run in {result['run_dir']}")
 
 
+def cmd_sft(args):
+    from llmos.train.loop import TrainConfig
+    from llmos.train.sft import SFTArgs, sft
+    result = sft(dataclass_from_args(SFTArgs, args), dataclass_from_args(TrainConfig, args), resume=args.resume)
+    if not result["interrupted"]:
+        loss = f", held-out conversation loss {result['val_loss']:.4f}" if "val_loss" in result else ""
+        print(f"done: step {result['step']} on {result['conversations']:,} conversations{loss}; "
+              f"chat with it: llmos chat --model {result['run_dir']}")
+
+
+def cmd_eval(args):
+    from llmos.eval.assistant import EvalArgs, evaluate_models
+    from llmos.report import markdown_table
+    models = {"base": args.base, "model": args.model} if args.base else {"model": args.model}
+    headers, rows, _ = evaluate_models(models, args.data, dataclass_from_args(EvalArgs, args), out=args.out)
+    print(markdown_table(headers, rows))
+    if args.out:
+        print(f"results and every reply: {args.out}")
+
+
 def cmd_generate(args):
     from llmos.engine import generate, load_model, stream_text
     model, tok, _ = load_model(args.model)
@@ -116,6 +139,12 @@ def cmd_generate(args):
     for piece in stream_text(tok, counted()):
         print(piece, end="", flush=True)
     print(f"\n[{n} tokens, {n / max(time.time() - t, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+def cmd_chat(args):
+    from llmos.terminal_chat import Sampling, run_chat
+    run_chat(args.model, args.system, Sampling(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed),
+             prompt=args.prompt)
 
 
 def cmd_export(args):
@@ -181,6 +210,8 @@ def cmd_scaling_check(args):
 def build_parser() -> argparse.ArgumentParser:
     from llmos.train.loop import TrainConfig
     from llmos.train.pretrain import DataArgs, ModelArgs
+    from llmos.train.sft import SFTArgs, sft_train_config
+    from llmos.eval.assistant import EvalArgs
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="llmos", description="A hackable LLM stack: data to chat.")
@@ -222,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     p.set_defaults(func=cmd_pretrain)
 
+    p = verbs.add_parser("sft", help="fine-tune a model on conversations (full or LoRA)", formatter_class=fmt)
+    add_dataclass_args(p, SFTArgs, "fine-tuning")
+    add_dataclass_args(p, TrainConfig, "training", defaults=sft_train_config())
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.set_defaults(func=cmd_sft)
+
+    p = verbs.add_parser("eval", help="score an assistant on held-out conversations and tasks (vs its base)",
+                         formatter_class=fmt)
+    p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
+    p.add_argument("--base", default="", help="a second model to show beside it (e.g. the base before SFT)")
+    p.add_argument("--data", required=True, help="a conversation mixture directory (its eval.jsonl), e.g. RUN/sft/data")
+    p.add_argument("--out", default="", help="write the scores and every reply to this JSON file")
+    add_dataclass_args(p, EvalArgs, "evaluation")
+    p.set_defaults(func=cmd_eval)
+
     p = verbs.add_parser("generate", help="sample text from a model", formatter_class=fmt)
     p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
     p.add_argument("--prompt", default="")
@@ -231,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser("chat", help="talk with a model in the terminal (/help inside lists the commands)",
+                         formatter_class=fmt)
+    p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
+    p.add_argument("--system", default="", help="system prompt")
+    p.add_argument("-p", "--prompt", default=None, metavar="TEXT",
+                   help="answer TEXT once (- reads it from stdin), print only the reply and exit")
+    p.add_argument("--max-tokens", type=int, default=256, help="per reply")
+    p.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0: no limit")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1: off")
+    p.add_argument("--seed", type=int, default=None, help="reseed every reply with it: replies become reproducible")
+    p.set_defaults(func=cmd_chat)
 
     p = verbs.add_parser("export", help="write a model for llama.cpp (gguf), Hugging Face (hf) or as params file + run.py",
                          formatter_class=fmt)

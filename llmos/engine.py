@@ -25,11 +25,12 @@ def load_model(ref: str | Path, device: str = "cpu") -> tuple[Transformer, Token
     """Resolve a model reference: a params file, a checkpoint, a run directory (its params file,
     else its latest checkpoint), or a named model (llmos.interop.catalog; fetched and imported once).
     The model comes back in eval mode, laid out for fast decoding."""
-    model, tok, info = _load(ref, device)
+    model, tok, info = open_model(ref, device)
     return (model.decode_layout() if model.embed.weight.device.type == "cpu" else model), tok, info
 
 
-def _load(ref: str | Path, device: str) -> tuple[Transformer, Tokenizer, dict]:
+def open_model(ref: str | Path, device: str = "cpu") -> tuple[Transformer, Tokenizer, dict]:
+    """load_model's resolution, with the weights left in the training layout (for fine-tuning)."""
     path = Path(ref).expanduser()
     if not path.exists():
         from llmos.interop.catalog import is_named_model, resolve_named_model, unknown_model_error
@@ -37,14 +38,13 @@ def _load(ref: str | Path, device: str) -> tuple[Transformer, Tokenizer, dict]:
             raise unknown_model_error(str(ref))
         path = resolve_named_model(str(ref))
     if path.is_dir():
-        if (path / "model.llmos").is_file():
-            path = path / "model.llmos"
+        finished = [path / sub / "model.llmos" for sub in ("", "sft", "base") if (path / sub / "model.llmos").is_file()]
+        if finished:  # a speedrun directory means its assistant, else its base model
+            path = finished[0]
         else:
             from llmos.train.loop import latest_checkpoint
             path = latest_checkpoint(path / "checkpoints")
-    if path.suffix == ".pt":
-        return load_checkpoint_model(path, device)
-    model, tok, info = load_params(path, device)
+    model, tok, info = load_checkpoint_model(path, device) if path.suffix == ".pt" else load_params(path, device)
     roles = info["provenance"].get("tokenizer_roles")
     if roles:  # an imported model names its own bos/eos and whether prompts start with bos
         tok = Tokenizer(tok.hf, **roles)
@@ -59,9 +59,13 @@ def load_checkpoint_model(path: Path, device: str = "cpu") -> tuple[Transformer,
         raise LlmosError(f"checkpoint {path} carries no tokenizer")
     tok = Tokenizer.from_json(state["tokenizer"])
     check_vocab(tok, cfg, source=str(path))
+    if any(k.startswith("base_model.model.") for k in state["model"]):
+        raise LlmosError(f"{path} is a checkpoint of a LoRA fine-tuning still in progress: finish it "
+                         "(`llmos sft ... --resume`) and use the run's model.llmos")
     model = Transformer(cfg)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), tok, {"chat_template": "", "provenance": {"checkpoint": str(path), "step": state["step"]}}
+    provenance = {**state.get("provenance", {}), "checkpoint": str(path), "step": state["step"]}
+    return model.to(device).eval(), tok, {"chat_template": state.get("chat_template", ""), "provenance": provenance}
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -86,7 +90,15 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 @torch.no_grad()
 def generate(model: Transformer, prompt: list[int], max_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             stop_ids: Iterable[int] = ()) -> Iterator[int]:
+             stop_ids: Iterable[int] = (), yield_stop: bool = False,
+             repetition_penalty: float = 1.0) -> Iterator[int]:
+    """Sampled token ids, one at a time. With `yield_stop` the stop token that ends the generation is
+    yielded last (callers that need to know how it ended: evaluations). `repetition_penalty` > 1
+    makes every token already generated in this reply less likely (its logit divided by the penalty
+    if positive, multiplied if negative, as in CTRL and transformers); the prompt is exempt, so a
+    reply may still quote it."""
+    if repetition_penalty <= 0:
+        raise LlmosError(f"--repetition-penalty must be positive (1: none), not {repetition_penalty}")
     if not prompt:
         raise LlmosError("the prompt is empty: give at least one token (e.g. bos)")
     context = model.cfg.max_seq_len
@@ -98,12 +110,19 @@ def generate(model: Transformer, prompt: list[int], max_tokens: int, temperature
     stop = set(stop_ids)
     cache = model.new_kv_cache(batch=1, max_len=len(prompt) + max_tokens)
     logits = model(torch.tensor([prompt], device=device), kv_cache=cache)[:, -1]
+    seen = torch.zeros(logits.shape, dtype=torch.bool, device=device)
     for _ in range(max_tokens):
+        if repetition_penalty != 1.0:
+            penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            logits = torch.where(seen, penalized, logits)
         token = sample_next(logits, temperature, top_k, top_p, generator)
         token_id = int(token)
         if token_id in stop:
+            if yield_stop:
+                yield token_id
             return
         yield token_id
+        seen[0, token_id] = True
         logits = model(token.view(1, 1), kv_cache=cache)[:, -1]
 
 
@@ -120,3 +139,42 @@ def stream_text(tok: Tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
     text = tok.decode(ids)
     if len(text) > len(printed):
         yield text[len(printed):]
+
+
+@torch.no_grad()
+def generate_batch(model: Transformer, prompts: list[list[int]], max_tokens: int, stop_ids: Iterable[int] = (),
+                   repetition_penalty: float = 1.0, pad_id: int = 0) -> list[list[int]]:
+    """Greedy replies to several prompts at once (left-padded, padding masked out): the same tokens
+    as `generate(..., temperature=0)` one prompt at a time, up to float rounding in near-ties, for a
+    fraction of the time. Each reply ends with the stop token that ended it, if one did."""
+    if not prompts or not all(prompts):
+        raise LlmosError("every prompt needs at least one token")
+    longest = max(map(len, prompts))
+    if longest + max_tokens > model.cfg.max_seq_len:
+        raise LlmosError(f"prompt ({longest} tokens) plus max tokens ({max_tokens}) exceeds the model's "
+                         f"context of {model.cfg.max_seq_len} tokens")
+    device = model.embed.weight.device
+    B, stop = len(prompts), torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+    ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in prompts], device=device)
+    valid = torch.zeros(B, longest + max_tokens, dtype=torch.bool, device=device)
+    for row, p in enumerate(prompts):
+        valid[row, longest - len(p):longest] = True
+    cache = model.new_kv_cache(batch=B, max_len=longest + max_tokens)
+    logits = model(ids, kv_cache=cache, key_valid=valid[:, :longest])[:, -1]
+    seen = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    replies = [[] for _ in prompts]
+    for step in range(max_tokens):
+        if repetition_penalty != 1.0:
+            logits = torch.where(seen, torch.where(logits > 0, logits / repetition_penalty,
+                                                   logits * repetition_penalty), logits)
+        token = logits.argmax(dim=-1)
+        for row in (~done).nonzero().flatten().tolist():
+            replies[row].append(int(token[row]))
+        done |= torch.isin(token, stop)
+        if bool(done.all()):
+            break
+        seen[torch.arange(B), token] = True
+        valid[:, longest + step] = True
+        logits = model(token[:, None], kv_cache=cache, key_valid=valid[:, :longest + step + 1])[:, -1]
+    return replies

@@ -2,7 +2,8 @@
 
     llmos speedrun --preset cpu        # ~12 minutes on a 2-core laptop CPU (`make demo`)
 
-Stages: data (prepare the default corpus) -> tokenizer -> pretrain -> sample -> report. Each stage
+Stages: data (prepare the default corpus) -> tokenizer -> pretrain -> sample -> sft (fine-tune the
+base on the default conversation mixture) -> eval (base vs SFT on held-out tasks) -> report. Each stage
 records its result and wall time in `stages.json`; rerunning the same command skips finished
 stages and resumes pretraining from its latest checkpoint (`--fresh` starts over). Later issues
 add stages (SFT, evaluation, ...) by appending to STAGES.
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Callable
 
 from llmos.common import LlmosError, llmos_home, write_json
+from llmos.eval.assistant import EvalArgs
 from llmos.report import markdown_table, write_report
 from llmos.train.loop import TrainConfig
 from llmos.train.pretrain import DataArgs, ModelArgs
+from llmos.train.sft import SFTArgs, sft_train_config
 
 
 @dataclass
@@ -27,15 +30,19 @@ class Preset:
     vocab_size: int
     model: ModelArgs
     train: TrainConfig
+    sft: TrainConfig = field(default_factory=sft_train_config)
+    sft_args: SFTArgs = field(default_factory=lambda: SFTArgs(mix="identity=2,chitchat=0.25", epochs=2.0))
     sample_prompts: list[str] = field(default_factory=lambda: ["The", "In 1905,", "def main():", "KING HENRY:"])
     sample_tokens: int = 96
+    eval: EvalArgs = field(default_factory=EvalArgs)
 
 
 PRESETS = {
     # 4.3M params, 5.3M tokens: about 11 minutes of compiled bf16 training on 2 Sapphire Rapids cores.
     "cpu": Preset(4096, ModelArgs(depth=4),
                   TrainConfig(steps=1300, batch_size=16, seq_len=256, warmup_steps=100, eval_every=325,
-                              eval_tokens=131072, sample_every=650, ckpt_every=250, log_every=10)),
+                              eval_tokens=131072, sample_every=650, ckpt_every=250, log_every=10),
+                  sft=sft_train_config(lr=3e-3)),
     # A GPU-sized base model (~100M params) for one H100 / H200 or torchrun across several.
     "gpu": Preset(32768, ModelArgs(depth=12),
                   TrainConfig(steps=5000, batch_size=32, seq_len=1024, warmup_steps=200, eval_every=500,
@@ -44,7 +51,9 @@ PRESETS = {
     "tiny": Preset(512, ModelArgs(depth=1),
                    TrainConfig(steps=40, batch_size=8, seq_len=64, warmup_steps=5, eval_every=20,
                                eval_tokens=4096, sample_every=40, ckpt_every=20, log_every=5, compile=False),
-                   sample_tokens=16),
+                   sft=sft_train_config(steps=20, batch_size=8, seq_len=64, warmup_steps=2, eval_every=10,
+                                        sample_every=20, ckpt_every=10, log_every=5, compile=False),
+                   sample_tokens=16, eval=EvalArgs(max_tokens=16, skills=8, chitchat=4, loss_conversations=32)),
 }
 
 
@@ -96,6 +105,24 @@ def stage_sample(ctx: Context) -> dict:
     return {"samples": samples}
 
 
+def stage_sft(ctx: Context) -> dict:
+    from llmos.train.sft import sft
+    out = ctx.run_dir / "sft"
+    resume = any((out / "checkpoints").glob("step_*.pt"))
+    args = replace(ctx.preset.sft_args, model=str(ctx.run_dir / "base"), corpus=str(ctx.data_dir), out=str(out))
+    result = sft(args, replace(ctx.preset.sft), resume=resume)
+    if result["interrupted"]:
+        raise LlmosError(f"fine-tuning was interrupted at step {result['step']}: run the speedrun again to resume")
+    return result
+
+
+def stage_eval(ctx: Context) -> dict:
+    from llmos.eval.assistant import evaluate_models
+    _, _, results = evaluate_models({"base": str(ctx.run_dir / "base"), "sft": str(ctx.run_dir / "sft")},
+                                    ctx.run_dir / "sft" / "data", ctx.preset.eval, out=ctx.run_dir / "eval.json")
+    return {name: {k: v for k, v in r.items() if k != "items"} for name, r in results.items()}
+
+
 def stage_report(ctx: Context) -> dict:
     base = ctx.run_dir / "base"
     config = json.loads((base / "config.json").read_text())
@@ -126,6 +153,7 @@ def stage_report(ctx: Context) -> dict:
                        "matmul peak in the training dtype, measured at the start of training)."
                        if steady else "No training steps logged."),
         ("Samples", "\n\n".join(f"```\n{s['text']}\n```" for s in ctx.done("sample")["samples"])),
+        ("Assistant (SFT)", sft_section(ctx)),
         ("Timings (seconds)", markdown_table(["stage", "seconds"], timings)),
     ]
     write_report(ctx.run_dir / "report.md", f"llmos speedrun ({ctx.preset_name})", sections)
@@ -133,11 +161,37 @@ def stage_report(ctx: Context) -> dict:
     return {"report": str(ctx.run_dir / "report.md")}
 
 
+def sft_section(ctx: Context) -> str:
+    """The fine-tuning figures: data, loss before/after, the evaluation table base vs SFT, sample chats."""
+    from llmos.eval.assistant import results_table
+    sft_dir = ctx.run_dir / "sft"
+    config = json.loads((sft_dir / "config.json").read_text())
+    mixture = json.loads((sft_dir / "data" / "manifest.json").read_text())
+    losses = [json.loads(line)["val_loss"] for line in (sft_dir / "metrics.jsonl").read_text().splitlines()
+              if line and "val_loss" in line]
+    evaluated = json.loads((ctx.run_dir / "eval.json").read_text())
+    chats = [item for item in evaluated["sft"]["items"] if item["task"] != "skills"][:3] + \
+        [item for item in evaluated["sft"]["items"] if item["task"] == "skills"][:1]
+    return "\n\n".join([
+        markdown_table(["conversation source", "license", "train", "eval"],
+                       [[name, e["license"], f"{e['train']:,}", f"{e['eval']:,}"] for name, e in mixture["sources"].items()]),
+        f"Full fine-tuning of the base model for {ctx.done('sft')['step']} steps on "
+        f"{config['conversations']['train']:,} conversations (packed, loss on assistant tokens only): held-out "
+        f"conversation loss {losses[0]:.4f} -> {losses[-1]:.4f} nats/token. Chat with it: "
+        f"`llmos chat --model {sft_dir}`.\n\n![SFT loss](sft/loss.png)",
+        "Evaluation on held-out conversations (greedy replies; `llmos eval`, see llmos/eval/assistant.py):\n\n"
+        + markdown_table(*results_table({"base": evaluated["base"], "SFT": evaluated["sft"]})),
+        "\n\n".join(f"```\nuser: {c['prompt']}\nassistant: {c['reply']}\n```" for c in chats),
+    ])
+
+
 STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("data", stage_data),
     ("tokenizer", stage_tokenizer),
     ("pretrain", stage_pretrain),
     ("sample", stage_sample),
+    ("sft", stage_sft),
+    ("eval", stage_eval),
     ("report", stage_report),
 ]
 
@@ -171,5 +225,6 @@ def run_speedrun(preset: str, out: str = "", data: str = "", steps: int = 0, fre
         print(f"[speedrun] {name}: {status[name]['seconds']:.0f} s", flush=True)
     pre = status["pretrain"]
     print(f"\nheld-out bits per byte: {pre['val_bpb']:.4f} (val loss {pre['val_loss']:.4f})")
-    print(f"report: {run_dir / 'report.md'}\nchat-free sampling: llmos generate --model {run_dir / 'base'} --prompt 'The'")
+    print(f"report: {run_dir / 'report.md'}\nchat with it: llmos chat --model {run_dir}\n"
+          f"sample the base model: llmos generate --model {run_dir / 'base'} --prompt 'The'")
     return run_dir

@@ -8,7 +8,8 @@ from conftest import llmos_cmd, subprocess_env
 from llmos.cli import main
 
 VERBS = [["data", "list"], ["data", "prepare"], ["tokenizer", "train"], ["tokenizer", "encode"],
-         ["tokenizer", "stats"], ["pretrain"], ["generate"], ["speedrun"], ["export"], ["import"],
+         ["tokenizer", "stats"], ["pretrain"], ["generate"], ["sft"], ["chat"], ["eval"], ["speedrun"], ["export"],
+         ["import"],
          ["scaling", "sweep"], ["scaling", "fit"], ["scaling", "predict"], ["scaling", "check"]]
 
 
@@ -40,11 +41,17 @@ def test_tiny_speedrun_end_to_end(corpus_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "held-out bits per byte" in done.stdout
     report = (run / "report.md").read_text()
-    for section in ("## Result", "## Data", "## Losses", "## Samples", "## Timings"):
+    for section in ("## Result", "## Data", "## Losses", "## Samples", "## Assistant (SFT)", "## Timings"):
         assert section in report
+    assert "| identity (n=" in report and "| format (n=" in report  # the base vs SFT table
     assert (run / "loss.png").stat().st_size > 10_000 and (run / "base" / "model.llmos").is_file()
     stages = json.loads((run / "stages.json").read_text())
-    assert list(stages) == ["data", "tokenizer", "pretrain", "sample", "report"]
+    assert list(stages) == ["data", "tokenizer", "pretrain", "sample", "sft", "eval", "report"]
+    assert stages["eval"]["sft"]["conversation loss"] < stages["eval"]["base"]["conversation loss"]
+    assert (run / "sft" / "model.llmos").is_file() and "chat with it: llmos chat --model" in done.stdout
+    reply = subprocess.run(llmos_cmd("chat", "--model", str(run), "-p", "Who are you?", "--max-tokens", "8"),
+                           env=subprocess_env(), capture_output=True, text=True)
+    assert reply.returncode == 0 and reply.stdout.strip(), reply.stderr[-1000:]
     again = subprocess.run(llmos_cmd("speedrun", "--preset", "tiny", "--data", str(corpus_dir), "--out", str(run)),
                            env=subprocess_env(), capture_output=True, text=True)
     assert again.returncode == 0 and "pretrain: done earlier, skipping" in again.stdout

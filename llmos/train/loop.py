@@ -108,9 +108,10 @@ def can_compile(device: torch.device) -> bool:
 
 
 def build_optimizers(model: Transformer, cfg: TrainConfig, lr: float) -> list[torch.optim.Optimizer]:
-    matrices = [p for n, p in model.named_parameters() if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
-    embeddings = [p for n, p in model.named_parameters() if p.ndim == 2 and ("embed" in n or "lm_head" in n)]
-    vectors = [p for p in model.parameters() if p.ndim < 2]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen under LoRA
+    matrices = [p for n, p in trainable if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
+    embeddings = [p for n, p in trainable if p.ndim == 2 and ("embed" in n or "lm_head" in n)]
+    vectors = [p for n, p in trainable if p.ndim < 2]
     embeddings = list({id(p): p for p in embeddings}.values())  # tied weights appear twice
     adamw = dict(betas=(0.9, 0.95), eps=1e-8)
     if cfg.optimizer == "muon":
@@ -134,8 +135,10 @@ def dist_setup(device: torch.device) -> tuple[int, int]:
 class Trainer:
     def __init__(self, model: Transformer, cfg: TrainConfig, run_dir: str | Path, loader,
                  evaluate: Callable[[Transformer], dict] | None = None,
-                 sample: Callable[[Transformer], str] | None = None, checkpoint_extra: dict | None = None):
+                 sample: Callable[[Transformer], str] | None = None, checkpoint_extra: dict | None = None,
+                 eval_first: bool = False):
         cfg.validate()
+        self.eval_first = eval_first  # also evaluate before the first step (fine-tuning: the base's figure)
         self.cfg, self.run_dir, self.loader = cfg, Path(run_dir), loader
         self.evaluate, self.sample = evaluate, sample
         self.checkpoint_extra = checkpoint_extra or {}
@@ -225,7 +228,8 @@ class Trainer:
                 loss = self.net(x, targets=y) / self.cfg.grad_accum
             loss.backward()
             total += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                   self.cfg.grad_clip or float("inf"))
         for opt in self.optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -281,7 +285,7 @@ class Trainer:
         t_last, step_last = time.perf_counter(), self.step
         try:
             while self.step < cfg.steps:
-                if self.step % cfg.eval_every == 0 and self.step > 0:
+                if self.step % cfg.eval_every == 0 and (self.step > 0 or self.eval_first):
                     last_eval = self.run_evaluation()
                 if self.step % cfg.sample_every == 0 and self.step > 0:
                     self.run_sample()

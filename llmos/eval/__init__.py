@@ -1,0 +1,1 @@
+"""Evaluations: `llmos eval` scores assistants (assistant.py) on held-out conversations and tasks."""
