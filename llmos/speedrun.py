@@ -31,7 +31,7 @@ class Preset:
     model: ModelArgs
     train: TrainConfig
     sft: TrainConfig = field(default_factory=sft_train_config)
-    sft_args: SFTArgs = field(default_factory=lambda: SFTArgs(mix="identity=2,chitchat=0.25", epochs=2.0))
+    sft_args: SFTArgs = field(default_factory=lambda: SFTArgs(mix="identity=4,chitchat=0.25", epochs=2.0))
     sample_prompts: list[str] = field(default_factory=lambda: ["The", "In 1905,", "def main():", "KING HENRY:"])
     sample_tokens: int = 96
     eval: EvalArgs = field(default_factory=EvalArgs)
