@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,16 +27,32 @@ from pathlib import Path
 from llmos.common import LlmosError
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except empty ones (their help says what empty means)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in ("", None) else super()._get_help_string(action)
+
+
+def field_comments(cls) -> dict[str, str]:
+    """The `# comment` after each field in a dataclass's source: its --help text."""
+    found = re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(cls), flags=re.MULTILINE)
+    return {name: text.strip() for name, text in found}
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str, defaults=None) -> None:
-    """One flag per dataclass field; `defaults` (an instance) overrides the class's own defaults."""
-    group = parser.add_argument_group(title)
+    """One flag per dataclass field, helped by its comment; `defaults` (an instance) overrides the
+    class's own defaults."""
+    group, comments = parser.add_argument_group(title), field_comments(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name) if defaults is not None else f.default
+        text = comments.get(f.name, " ")  # a help string, even blank, makes argparse print the default
         if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            group.add_argument(flag, dest=f.name, type=type(default), default=default, metavar=f.name.upper())
+            group.add_argument(flag, dest=f.name, type=type(default), default=default, metavar=f.name.upper(),
+                               help=text.replace("%", "%%"))
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
@@ -213,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llmos.train.sft import SFTArgs, sft_train_config
     from llmos.eval.assistant import EvalArgs
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="llmos", description="A hackable LLM stack: data to chat.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -225,25 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your own files (.txt .md .jsonl .parquet) instead of the catalog; repeatable")
     p.add_argument("--sources", default="", help="comma-separated catalog sources (default: all available)")
     p.add_argument("--out", default="", help="corpus directory (default: LLMOS_HOME/data/default)")
-    p.add_argument("--val-fraction", type=float, default=0.005)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out for validation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the document split")
     p.set_defaults(func=cmd_data_prepare)
 
     tokenizer = verbs.add_parser("tokenizer", help="train and use the BPE tokenizer").add_subparsers(dest="action", required=True)
     p = tokenizer.add_parser("train", help="train byte-level BPE on a prepared corpus", formatter_class=fmt)
     p.add_argument("--data", default="", help="prepared corpus directory (default: the default corpus)")
-    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary, special tokens included")
     p.add_argument("--out", default="", help="output tokenizer.json (default: DATA/tokenizer.json)")
     p.set_defaults(func=cmd_tokenizer_train)
     p = tokenizer.add_parser("encode", help="print the token ids of a text", formatter_class=fmt)
-    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--tokenizer", required=True, help="a tokenizer.json")
     p.add_argument("text", nargs="?", help="text to encode (default: stdin)")
     p.add_argument("--pieces", action="store_true", help="print token strings instead of ids")
     p.set_defaults(func=cmd_tokenizer_encode)
     p = tokenizer.add_parser("stats", help="bytes per token on a split", formatter_class=fmt)
-    p.add_argument("--data", default="")
+    p.add_argument("--data", default="", help="prepared corpus directory (default: the default corpus)")
     p.add_argument("--tokenizer", default="", help="default: DATA/tokenizer.json")
-    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--split", default="val", choices=["train", "val"], help="which split to measure")
     p.set_defaults(func=cmd_tokenizer_stats)
 
     p = verbs.add_parser("pretrain", help="pretrain a base model", formatter_class=fmt)
@@ -270,12 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("generate", help="sample text from a model", formatter_class=fmt)
     p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
-    p.add_argument("--prompt", default="")
-    p.add_argument("--max-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from bos)")
+    p.add_argument("--max-tokens", type=int, default=200, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=0.95, help="sample within the smallest set of this probability")
+    p.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
     p.set_defaults(func=cmd_generate)
 
     p = verbs.add_parser("chat", help="talk with a model in the terminal (/help inside lists the commands)",
@@ -294,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("export", help="write a model for llama.cpp (gguf), Hugging Face (hf) or as params file + run.py",
                          formatter_class=fmt)
     p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
-    p.add_argument("--format", required=True, choices=["llmos", "gguf", "hf"])
+    p.add_argument("--format", required=True, choices=["llmos", "gguf", "hf"],
+                   help="llmos: params file + run.py; gguf: llama.cpp / Ollama; hf: a transformers directory")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"],
                    help="llmos: f32|bf16; gguf: f32|f16|q8_0|q4_0|q4_1; hf: f32|f16|bf16")
     p.add_argument("--out", required=True, help="gguf: the .gguf file; hf: a directory; llmos: a directory or .llmos file")
@@ -304,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=fmt)
     p.add_argument("src", help="a .gguf file or a Hugging Face model directory (config.json, safetensors, tokenizer.json)")
     p.add_argument("--out", required=True, help="the params file to write (MODEL.llmos)")
-    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="weights of the params file")
     p.set_defaults(func=cmd_import)
 
     p = verbs.add_parser("speedrun", help="the whole pipeline in one go, with a report", formatter_class=fmt)
@@ -324,11 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help="prepared corpus (default: the default corpus)")
     p.add_argument("--tokenizer", default="", help="tokenizer.json (default: one trained once into the sweep directory)")
     p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the tokenizer the sweep trains")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step, every point")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence, every point")
     p.add_argument("--eval-tokens", type=int, default=0, help="validation tokens per point (0: the grid's default)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile each model")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=cmd_scaling_sweep)
     p = scaling.add_parser("fit", help="fit L(N, D) and IsoFLOP minima; write fit.json, plots, scaling_report.md",
                            formatter_class=fmt)
@@ -341,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scaling_predict)
     p = scaling.add_parser("check", help="train at FACTOR x the largest budget; compare with the prediction",
                            formatter_class=fmt)
-    p.add_argument("--factor", type=float, default=4.0)
+    p.add_argument("--factor", type=float, default=4.0, help="the check's budget over the largest swept one")
     p.add_argument("--out", default="", help="sweep directory (default: LLMOS_HOME/runs/scaling)")
     p.set_defaults(func=cmd_scaling_check)
     return parser

@@ -500,7 +500,8 @@ def fit(out: str | Path = "", samples: int = 200) -> dict:
     result = {"law": asdict(law), "huber_objective": objective, "huber_delta": HUBER_DELTA, "a": law.a, "b": law.b,
               "isoflop": budgets, "isoflop_exponent": isoflop_exponent(budgets),
               "bootstrap": bootstrap(points, law, samples) if samples else None,
-              "points": len(points), "settings": _sweep_settings(out)}
+              "points": len(points), "n_range": [min(p["n"] for p in points), max(p["n"] for p in points)],
+              "settings": _sweep_settings(out)}
     write_json(out / "fit.json", result)
     render_report(out)
     return result
@@ -521,7 +522,15 @@ def predict(out: str | Path, flops: float) -> dict:
             "depth_n": n_depth, "depth_params": params, "depth_steps": steps,
             "depth_tokens": steps * tokens_per_step,
             "depth_loss": float(law.loss(n_depth, steps * tokens_per_step)),
-            "isoflop_n": iso["k"] * flops ** iso["a"] if iso else None}
+            "isoflop_n": iso["k"] * flops ** iso["a"] if iso else None, "warning": _extrapolation(n, saved)}
+
+
+def _extrapolation(n: float, saved: dict) -> str:
+    low, high = saved.get("n_range") or (0, math.inf)
+    if low <= n <= high:
+        return ""
+    return (f"the optimum N {n:,.0f} lies outside the swept sizes ({low:,.0f} to {high:,.0f}): the law is "
+            "extrapolated, so sweep depths around it (--depths) before trusting this figure")
 
 
 def format_prediction(p: dict) -> str:
@@ -532,6 +541,8 @@ def format_prediction(p: dict) -> str:
              f"{p['depth_steps']:,} steps = {p['depth_tokens']:,} tokens, predicted loss {p['depth_loss']:.4f}"]
     if p["isoflop_n"]:
         lines.append(f"  IsoFLOP minima (approach 2) extrapolate to N {p['isoflop_n']:,.0f}")
+    if p["warning"]:
+        lines.append(f"  warning: {p['warning']}")
     return "\n".join(lines)
 
 

@@ -1,12 +1,12 @@
 """The speedrun: the whole pipeline as a sequence of stages, ending in a run directory with a report.
 
-    llmos speedrun --preset cpu        # ~12 minutes on a 2-core laptop CPU (`make demo`)
+    llmos speedrun --preset cpu        # ~20 minutes on a 2-core laptop CPU (`make demo`)
 
 Stages: data (prepare the default corpus) -> tokenizer -> pretrain -> sample -> sft (fine-tune the
 base on the default conversation mixture) -> eval (base vs SFT on held-out tasks) -> report. Each stage
 records its result and wall time in `stages.json`; rerunning the same command skips finished
-stages and resumes pretraining from its latest checkpoint (`--fresh` starts over). Later issues
-add stages (SFT, evaluation, ...) by appending to STAGES.
+stages and resumes training from its latest checkpoint (`--fresh` starts over). Later stages
+(RLHF, tools, ...) append to STAGES.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Preset:
 
 
 PRESETS = {
-    # 4.3M params, 5.3M tokens: about 11 minutes of compiled bf16 training on 2 Sapphire Rapids cores.
+    # 4.3M params, 5.3M tokens: ~12 minutes of compiled bf16 pretraining on 2 cores, then ~6 of SFT.
     "cpu": Preset(4096, ModelArgs(depth=4),
                   TrainConfig(steps=1300, batch_size=16, seq_len=256, warmup_steps=100, eval_every=325,
                               eval_tokens=131072, sample_every=650, ckpt_every=250, log_every=10),

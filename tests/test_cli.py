@@ -58,3 +58,16 @@ def test_tiny_speedrun_end_to_end(corpus_dir, tmp_path):
     gen = subprocess.run(llmos_cmd("generate", "--model", str(run / "base"), "--prompt", "def", "--max-tokens", "20",
                                    "--seed", "1"), env=subprocess_env(), capture_output=True, text=True)
     assert gen.returncode == 0 and gen.stdout.startswith("def") and "tokens/s" in gen.stderr
+
+
+def test_every_option_says_what_it_does():
+    from llmos.cli import build_parser
+    undocumented = []
+    for verb_action in build_parser()._subparsers._group_actions:
+        for name, sub in verb_action.choices.items():
+            parsers = [(f"{name} {n}", p) for a in sub._subparsers._group_actions for n, p in a.choices.items()] \
+                if sub._subparsers else [(name, sub)]
+            for label, parser in parsers:
+                undocumented += [f"{label} {a.option_strings[-1]}" for a in parser._actions
+                                 if a.option_strings and not (a.help or "").strip()]
+    assert not undocumented, undocumented

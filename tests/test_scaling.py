@@ -126,6 +126,12 @@ def test_smoke_sweep_is_resumable_and_fit_predict_check_run(corpus_dir, tokenize
     assert "compute-optimal N" in printed and "nearest depth 1" in printed
     p = predict(out, 1e11)
     assert p["n"] * p["tokens"] * 6 == pytest.approx(1e11) and p["depth"] == 1
+    low, high = saved["n_range"]
+    assert (low <= p["n"] <= high) == (not p["warning"])
+    far = predict(out, 1e30)  # far beyond the sweep: the optimum is an extrapolation, and says so
+    assert far["n"] > high and "outside the swept sizes" in far["warning"]
+    assert main(["scaling", "predict", "--flops", "1e30", "--out", str(out)]) == 0
+    assert "warning: the optimum N" in capsys.readouterr().out
 
     checked = check(out, factor=2)
     assert checked["flops"] == 1e10 and checked["depth"] == 1 and checked["steps"] > 50

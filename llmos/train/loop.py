@@ -38,29 +38,29 @@ CKPT_VERSION = 1
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 1000  # optimizer steps
     batch_size: int = 16  # sequences per process per micro-step
-    grad_accum: int = 1
-    seq_len: int = 256
+    grad_accum: int = 1  # micro-steps per optimizer step
+    seq_len: int = 256  # tokens per sequence
     lr: float = 0.0  # 0: derived from the model width
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 50
+    min_lr_frac: float = 0.1  # the schedule's final learning rate, as a fraction of the peak
+    warmup_steps: int = 50  # linear warmup
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
     decay_frac: float = 0.2  # wsd: the final fraction of steps spent decaying
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    weight_decay: float = 0.1  # AdamW decay on matrices and embeddings
+    grad_clip: float = 1.0  # max gradient norm (0: no clipping)
     optimizer: str = "adamw"  # adamw | muon (Muon on matrices, AdamW on embeddings and norms)
-    muon_lr: float = 0.02
+    muon_lr: float = 0.02  # Muon's learning rate for the matrices
     dtype: str = "auto"  # auto | bf16 | fp32
-    compile: bool = True
+    compile: bool = True  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
-    eval_every: int = 250
-    eval_tokens: int = 65536
-    sample_every: int = 500
-    ckpt_every: int = 500
-    keep_ckpts: int = 2
-    log_every: int = 10
-    seed: int = 0
+    eval_every: int = 250  # steps between validation evaluations
+    eval_tokens: int = 65536  # validation tokens per evaluation
+    sample_every: int = 500  # steps between logged samples
+    ckpt_every: int = 500  # steps between checkpoints
+    keep_ckpts: int = 2  # checkpoints kept on disk
+    log_every: int = 10  # steps between metrics lines
+    seed: int = 0  # initialisation and data order
 
     def validate(self):
         if self.schedule not in ("cosine", "wsd"):

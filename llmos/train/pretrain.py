@@ -30,11 +30,11 @@ from llmos.train.loop import Trainer, TrainConfig, dist_setup, latest_checkpoint
 @dataclass
 class ModelArgs:
     depth: int = 4  # the one knob: width 64*depth, heads of 64 (each below overrides)
-    d_model: int = 0
-    n_heads: int = 0
-    n_kv_heads: int = 0
-    qk_norm: bool = False
-    tie_embeddings: bool = True
+    d_model: int = 0  # width (0: 64 x depth)
+    n_heads: int = 0  # attention heads (0: heads of 64)
+    n_kv_heads: int = 0  # key/value heads, fewer for grouped-query attention (0: n_heads)
+    qk_norm: bool = False  # RMSNorm on queries and keys
+    tie_embeddings: bool = True  # the output layer shares the input embedding
 
     def build(self, vocab_size: int, seq_len: int) -> ModelConfig:
         overrides = {k: v for k, v in asdict(self).items() if k != "depth" and v}
@@ -49,7 +49,7 @@ class DataArgs:
     data: str = ""  # a prepared corpus directory (default: LLMOS_HOME/data/default)
     tokenizer: str = ""  # tokenizer.json (default: DATA/tokenizer.json)
     out: str = ""  # run directory (default: LLMOS_HOME/runs/pretrain-d<depth>)
-    sample_prompt: str = "The"
+    sample_prompt: str = "The"  # prompt of the samples logged during training
 
     def resolve(self, depth: int) -> tuple[Path, Path, Path]:
         data = Path(self.data).expanduser() if self.data else llmos_home() / "data" / "default"

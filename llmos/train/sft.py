@@ -56,10 +56,10 @@ class SFTArgs:
     epochs: float = 1.0  # passes over the (reweighted) training conversations when --steps is 0
     max_train: int = 0  # use at most this many training conversations (0: all)
     max_eval: int = 400  # held-out conversations scored for the validation loss
-    packing: bool = True
-    lora_rank: int = 0  # 0: full fine-tuning
-    lora_alpha: float = 0.0  # 0: twice the rank
-    lora_dropout: float = 0.0
+    packing: bool = True  # several whole conversations per row (else one per row, padded)
+    lora_rank: int = 0  # train rank-R adapters (peft) instead of every weight; 0: full fine-tuning
+    lora_alpha: float = 0.0  # adapter scale numerator; 0: twice the rank
+    lora_dropout: float = 0.0  # dropout on the adapters' input
     out: str = ""  # run directory (default: LLMOS_HOME/runs/sft)
 
 
