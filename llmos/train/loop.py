@@ -272,7 +272,10 @@ class Trainer:
         elif self.is_main:
             self.metrics_path.unlink(missing_ok=True)
         tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world
-        flops_per_token = self.model.flops_per_token(cfg.seq_len)
+        # Frozen matrices (LoRA) skip their weight gradients: 4 FLOPs per weight and token instead of 6.
+        frozen = sum(p.numel() for n, p in self.model.named_parameters()
+                     if not p.requires_grad and p.ndim == 2 and ("embed" not in n or self.model.cfg.tie_embeddings))
+        flops_per_token = self.model.flops_per_token(cfg.seq_len) - 2 * frozen
         peak = matmul_peak_flops(self.device, torch.bfloat16 if self.bf16 else torch.float32, seconds=0.5)
         self.log(f"model {self.model.num_params():,} params, {flops_per_token / 1e6:.1f} MFLOP/token; "
                  f"{tokens_per_step:,} tokens/step on {self.world} x {self.device.type}, "

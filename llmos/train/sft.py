@@ -34,7 +34,7 @@ import torch
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError, llmos_home, read_jsonl, write_json
 from llmos.engine import generate, open_model
-from llmos.model import Transformer
+from llmos.model import Transformer, default_lr
 from llmos.params import save_params
 from llmos.report import plot_metrics
 from llmos.tokenizer import Tokenizer
@@ -281,8 +281,8 @@ def sft(args: SFTArgs, train_cfg: TrainConfig, resume: bool = False) -> dict:
         per_row = train_cfg.seq_len if args.packing else sum(len(i) for i, _ in train) / len(train)
         rows = loader.tokens_per_epoch() / per_row * args.epochs
         train_cfg.steps = max(1, round(rows / (train_cfg.batch_size * train_cfg.grad_accum)))
-    if not train_cfg.lr:
-        train_cfg.lr = 1e-3 if args.lora_rank else 3e-4 * (256 / model.cfg.d_model) ** 0.5
+    if not train_cfg.lr:  # full: pretraining's peak, which beat a third of it on the cpu speedrun (docs/log.md)
+        train_cfg.lr = 1e-3 if args.lora_rank else default_lr(model.cfg.d_model)
     provenance = {"source": "llmos sft", "base": str(args.model), "lora_rank": args.lora_rank,
                   **({"tokenizer_roles": info["provenance"]["tokenizer_roles"]}
                      if "tokenizer_roles" in info["provenance"] else {})}
