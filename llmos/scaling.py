@@ -404,7 +404,17 @@ def fit_law(n, d, loss, starts: np.ndarray | None = None) -> tuple[Law, float]:
     return _theta_law(theta[int(np.nanargmin(f))]), float(np.nanmin(f))
 
 
+MAX_LOG = 700.0  # exp() of more overflows a float: a fit that wanders there is not determined by the data
+
+
+def _diverged(theta) -> bool:
+    return not (np.all(np.isfinite(theta)) and np.all(np.abs(np.asarray(theta)[:3]) < MAX_LOG))
+
+
 def _theta_law(theta) -> Law:
+    if _diverged(theta):
+        raise LlmosError("the law's fit diverged (a constant beyond float range): the points do not determine "
+                         "L(N, D); sweep more sizes per budget, around the loss minimum of each")
     a, b, e, alpha, beta = (float(v) for v in theta)
     return Law(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
 
@@ -464,15 +474,16 @@ def bootstrap(points: list[dict], law: Law, samples: int = 200, seed: int = 0, s
     theta, f = _lbfgs(np.tile(starts, (len(counts), 1)),
                       lambda t, rows: _objective(t, x, y, log_l, weights[rows]))
     best = theta.reshape(len(counts), len(starts), 5)[np.arange(len(counts)), f.reshape(len(counts), -1).argmin(1)]
-    laws = [_theta_law(t) for t in best]
+    laws = [_theta_law(t) for t in best if not _diverged(t)]  # a resample can leave a constant undetermined
     draws = {k: [getattr(fitted, k) for fitted in laws] for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
     draws["a_isoflop"] = []
     for row in counts:
         iso = isoflop_exponent(fit_isoflop([p for p, c in zip(points, row) for _ in range(int(c))]))
         if iso:
             draws["a_isoflop"].append(iso["a"])
-    return {"samples": len(counts), "intervals": {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-                                                  for k, v in draws.items() if v}}
+    return {"samples": len(counts), "diverged": len(counts) - len(laws),
+            "intervals": {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+                          for k, v in draws.items() if v}}
 
 
 # ----- fit, predict, check -----

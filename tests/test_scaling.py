@@ -7,8 +7,8 @@ import pytest
 
 from llmos.cli import main
 from llmos.common import LlmosError
-from llmos.scaling import (Grid, Law, _objective, bootstrap, check, chinchilla_grid, fit, fit_isoflop, fit_law,
-                           isoflop_exponent, parse_depths, parse_flops, predict, sweep)
+from llmos.scaling import (Grid, Law, _objective, _theta_law, bootstrap, check, chinchilla_grid, fit, fit_isoflop,
+                           fit_law, isoflop_exponent, parse_depths, parse_flops, predict, sweep)
 from llmos.train.loop import TrainConfig
 from llmos.train.pretrain import DataArgs, ModelArgs, pretrain
 
@@ -159,3 +159,14 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no points in" in err and "Traceback" not in err
 
+
+
+def test_a_fit_that_diverges_fails_clearly():
+    """A real sweep where the smallest size won every budget (vocab 1024, docs/log.md) sent the
+    fit's constants beyond float range: a clear error, not an OverflowError; bootstrap refits that
+    diverge are dropped and counted."""
+    with pytest.raises(LlmosError, match="fit diverged.*sweep more sizes per budget"):
+        _theta_law([800.0, 1.0, 0.5, 0.3, 0.3])
+    with pytest.raises(LlmosError, match="fit diverged"):
+        _theta_law([1.0, float("nan"), 0.5, 0.3, 0.3])
+    assert _theta_law([1.0, 2.0, 0.5, 0.3, 0.3]).A == pytest.approx(math.e)
