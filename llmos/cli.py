@@ -59,6 +59,14 @@ def dataclass_from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int, temperature: float, top_k: int) -> None:
+    parser.add_argument("--max-tokens", type=int, default=max_tokens, help="tokens to generate at most (per reply)")
+    parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=top_k, help="sample among the k likeliest tokens (0: all)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="sample within the smallest set of this probability (1: off)")
+    parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible (chat: every reply)")
+
+
 # ----- verbs -----
 
 def cmd_data_list(args):
@@ -289,11 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("generate", help="sample text from a model", formatter_class=fmt)
     p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
     p.add_argument("--prompt", default="", help="text to continue (empty: start from bos)")
-    p.add_argument("--max-tokens", type=int, default=200, help="tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=0.95, help="sample within the smallest set of this probability")
-    p.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
+    add_sampling_args(p, max_tokens=200, temperature=0.8, top_k=0)
     p.set_defaults(func=cmd_generate)
 
     p = verbs.add_parser("chat", help="talk with a model in the terminal (/help inside lists the commands)",
@@ -302,11 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="", help="system prompt")
     p.add_argument("-p", "--prompt", default=None, metavar="TEXT",
                    help="answer TEXT once (- reads it from stdin), print only the reply and exit")
-    p.add_argument("--max-tokens", type=int, default=256, help="per reply")
-    p.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=50, help="0: no limit")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1: off")
-    p.add_argument("--seed", type=int, default=None, help="reseed every reply with it: replies become reproducible")
+    add_sampling_args(p, max_tokens=256, temperature=0.7, top_k=50)
     p.set_defaults(func=cmd_chat)
 
     p = verbs.add_parser("export", help="write a model for llama.cpp (gguf), Hugging Face (hf) or as params file + run.py",
