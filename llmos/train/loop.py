@@ -154,6 +154,7 @@ class Trainer:
         self.bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and fast_bf16(self.device, self.compiled))
         self.lr = cfg.lr or default_lr(model.cfg.d_model)
         self.optimizers = build_optimizers(self.model, cfg, self.lr)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]  # all but a LoRA's frozen base
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["base_lr"] = group["lr"]
@@ -228,8 +229,7 @@ class Trainer:
                 loss = self.net(x, targets=y) / self.cfg.grad_accum
             loss.backward()
             total += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                                   self.cfg.grad_clip or float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip or float("inf"))
         for opt in self.optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
