@@ -87,6 +87,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: the logits of tokens already generated (`seen`, same shape) are
+    divided by the penalty where positive and multiplied where negative."""
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
 @torch.no_grad()
 def generate(model: Transformer, prompt: list[int], max_tokens: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
@@ -110,11 +116,10 @@ def generate(model: Transformer, prompt: list[int], max_tokens: int, temperature
     stop = set(stop_ids)
     cache = model.new_kv_cache(batch=1, max_len=len(prompt) + max_tokens)
     logits = model(torch.tensor([prompt], device=device), kv_cache=cache)[:, -1]
-    seen = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+    seen = torch.zeros(logits.shape, dtype=torch.bool, device=device) if repetition_penalty != 1.0 else None
     for _ in range(max_tokens):
-        if repetition_penalty != 1.0:
-            penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-            logits = torch.where(seen, penalized, logits)
+        if seen is not None:
+            logits = penalize_repeats(logits, seen, repetition_penalty)
         token = sample_next(logits, temperature, top_k, top_p, generator)
         token_id = int(token)
         if token_id in stop:
@@ -122,7 +127,8 @@ def generate(model: Transformer, prompt: list[int], max_tokens: int, temperature
                 yield token_id
             return
         yield token_id
-        seen[0, token_id] = True
+        if seen is not None:
+            seen[0, token_id] = True
         logits = model(token.view(1, 1), kv_cache=cache)[:, -1]
 
 
@@ -166,8 +172,7 @@ def generate_batch(model: Transformer, prompts: list[list[int]], max_tokens: int
     replies = [[] for _ in prompts]
     for step in range(max_tokens):
         if repetition_penalty != 1.0:
-            logits = torch.where(seen, torch.where(logits > 0, logits / repetition_penalty,
-                                                   logits * repetition_penalty), logits)
+            logits = penalize_repeats(logits, seen, repetition_penalty)
         token = logits.argmax(dim=-1)
         for row in (~done).nonzero().flatten().tolist():
             replies[row].append(int(token[row]))

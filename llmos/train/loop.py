@@ -322,6 +322,12 @@ class Trainer:
         return {"interrupted": False, "step": self.step, **(last_eval or {})}
 
 
+def refuse_existing_run(run_dir: Path) -> None:
+    """A new run must not silently mix with (and prune the checkpoints of) one already in run_dir."""
+    if list((Path(run_dir) / "checkpoints").glob("step_*.pt")):
+        raise LlmosError(f"{run_dir} already holds a run: pass --resume to continue it, or --out for a new one")
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path:
     found = sorted(Path(ckpt_dir).glob("step_*.pt"))
     if not found:

@@ -24,7 +24,8 @@ from llmos.model import ModelConfig, Transformer
 from llmos.params import check_vocab, save_params
 from llmos.report import plot_metrics
 from llmos.tokenizer import Tokenizer
-from llmos.train.loop import Trainer, TrainConfig, dist_setup, latest_checkpoint, load_checkpoint, resolve_device
+from llmos.train.loop import (Trainer, TrainConfig, dist_setup, latest_checkpoint, load_checkpoint,
+                              refuse_existing_run, resolve_device)
 
 
 @dataclass
@@ -101,8 +102,8 @@ def pretrain(model_args: ModelArgs, train_cfg: TrainConfig, data_args: DataArgs,
         check_vocab(tok, cfg, source=f"the checkpoint in {run_dir}")
         if train_cfg.seq_len > cfg.max_seq_len:
             raise LlmosError(f"--seq-len {train_cfg.seq_len} is above the model's context of {cfg.max_seq_len}")
-    elif list((run_dir / "checkpoints").glob("step_*.pt")):
-        raise LlmosError(f"{run_dir} already holds a run: pass --resume to continue it, or --out for a new one")
+    else:
+        refuse_existing_run(run_dir)
     torch.manual_seed(train_cfg.seed)
     model = Transformer(cfg)
     rank, world = dist_setup(resolve_device(train_cfg.device))

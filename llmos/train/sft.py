@@ -38,7 +38,8 @@ from llmos.model import Transformer, default_lr
 from llmos.params import save_params
 from llmos.report import plot_metrics
 from llmos.tokenizer import Tokenizer
-from llmos.train.loop import Trainer, TrainConfig, dist_setup, latest_checkpoint, resolve_device
+from llmos.train.loop import (Trainer, TrainConfig, dist_setup, latest_checkpoint, refuse_existing_run,
+                              resolve_device)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SAMPLE_QUESTION = "Who are you?"
@@ -252,10 +253,10 @@ def sft(args: SFTArgs, train_cfg: TrainConfig, resume: bool = False) -> dict:
     if not args.model:
         raise LlmosError("--model is required: the model to fine-tune (a run directory, .llmos, .pt or named model)")
     run_dir = Path(args.out).expanduser() if args.out else llmos_home() / "runs" / "sft"
-    if not resume and list((run_dir / "checkpoints").glob("step_*.pt")):
-        raise LlmosError(f"{run_dir} already holds a run: pass --resume to continue it, or --out for a new one")
     if resume:
         latest_checkpoint(run_dir / "checkpoints")  # a clear error before any work when there is none
+    else:
+        refuse_existing_run(run_dir)
     if args.lora_rank < 0:
         raise LlmosError("--lora-rank must be 0 (full fine-tuning) or positive")
     model, tok, info = open_model(args.model)
