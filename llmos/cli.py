@@ -199,11 +199,11 @@ def cmd_speedrun(args):
 def cmd_scaling_sweep(args):
     from dataclasses import replace
 
-    from llmos.scaling import DEFAULT_GRID, QUICK_GRID, parse_depths, parse_flops, sweep
+    from llmos.scaling import DEFAULT_GRID, QUICK_GRID, parse_flops, parse_sizes, sweep
     from llmos.train.loop import TrainConfig
     grid = QUICK_GRID if args.quick else DEFAULT_GRID
     grid = replace(grid, flops=parse_flops(args.flops) if args.flops else grid.flops,
-                   depths=parse_depths(args.depths) if args.depths else grid.depths,
+                   sizes=parse_sizes(args.sizes) if args.sizes else grid.sizes,
                    eval_tokens=args.eval_tokens or grid.eval_tokens)
     train = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, compile=args.compile, device=args.device)
     result = sweep(args.out, grid, data=args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size, train=train)
@@ -229,7 +229,7 @@ def cmd_scaling_predict(args):
 def cmd_scaling_check(args):
     from llmos.scaling import check
     result = check(args.out, factor=args.factor)
-    print(f"check at C={result['flops']:.3g} (depth {result['depth']}): predicted loss {result['predicted_loss']:.4f}, "
+    print(f"check at C={result['flops']:.3g} (size {result['size']}): predicted loss {result['predicted_loss']:.4f}, "
           f"actual {result['val_loss']:.4f} ({result['rel_error']:+.2%})")
 
 
@@ -335,14 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_speedrun)
 
     scaling = verbs.add_parser("scaling", help="measure a scaling law and plan a run with it").add_subparsers(dest="action", required=True)
-    p = scaling.add_parser("sweep", help="train IsoFLOP profiles: several depths per compute budget", formatter_class=fmt)
-    p.add_argument("--flops", default="", help="comma-separated compute budgets (default 1e13,3e13,1e14; --quick 3e12,1e13)")
-    p.add_argument("--depths", default="", help="comma-separated depths to try per budget (default 1,2,3,4,5; --quick 1,2,3)")
-    p.add_argument("--quick", action="store_true", help="a ~7-minute grid to try the pipeline (a crude fit)")
+    p = scaling.add_parser("sweep", help="train IsoFLOP profiles: several model sizes per compute budget", formatter_class=fmt)
+    p.add_argument("--flops", default="", help="comma-separated compute budgets (default 1e13,2.5e13,6e13; --quick 5e12,1e13)")
+    p.add_argument("--sizes", "--depths", dest="sizes", default="",
+                   help="model sizes per budget: shapes LAYERSxWIDTH like 2x96, or depths D meaning D x 64D "
+                        "(default: the ladder 2x64,2x96,2x128,3x160,3x192,4x224,4x256; --quick its first three)")
+    p.add_argument("--quick", action="store_true", help="a ~6-minute grid to try the pipeline (a crude fit)")
     p.add_argument("--out", default="", help="sweep directory (default: LLMOS_HOME/runs/scaling)")
     p.add_argument("--data", default="", help="prepared corpus (default: the default corpus)")
     p.add_argument("--tokenizer", default="", help="tokenizer.json (default: one trained once into the sweep directory)")
-    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the tokenizer the sweep trains")
+    p.add_argument("--vocab-size", type=int, default=1024,
+                   help="vocabulary of the tokenizer the sweep trains (small: the tied head is then a small part of N)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step, every point")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence, every point")
     p.add_argument("--eval-tokens", type=int, default=0, help="validation tokens per point (0: the grid's default)")

@@ -7,8 +7,10 @@ import pytest
 
 from llmos.cli import main
 from llmos.common import LlmosError
-from llmos.scaling import (Grid, Law, _objective, _theta_law, bootstrap, check, chinchilla_grid, fit, fit_isoflop,
-                           fit_law, isoflop_exponent, parse_depths, parse_flops, predict, sweep)
+from llmos.scaling import (Grid, Size, check, fit, ladder, model_size, nearest_size, parse_flops, parse_sizes, predict,
+                           sweep)
+from llmos.scaling_fit import (Law, _objective, _theta_law, bootstrap, chinchilla_grid, fit_isoflop, fit_law,
+                               isoflop_exponent)
 from llmos.train.loop import TrainConfig
 from llmos.train.pretrain import DataArgs, ModelArgs, pretrain
 
@@ -78,7 +80,7 @@ def test_bootstrap_intervals_contain_true_values():
     assert all(count >= 4 for count in covered.values()), covered
 
 
-SMOKE = Grid(flops=[1.25e9, 2.5e9, 5e9], depths=[1, 2], min_steps=2, tpp_min=0, tpp_max=math.inf, eval_tokens=2048)
+SMOKE = Grid(flops=[1.25e9, 2.5e9, 5e9], sizes=parse_sizes("1,2x64"), min_steps=2, tpp_min=0, tpp_max=math.inf, eval_tokens=2048)
 TINY = dict(batch_size=4, seq_len=64, compile=False)
 
 
@@ -87,18 +89,18 @@ def test_smoke_sweep_is_resumable_and_fit_predict_check_run(corpus_dir, tokenize
     data = dict(data=str(corpus_dir), tokenizer=str(tokenizer_path))
     # An interrupted point: a checkpoint of the right model partway through.
     pretrain(ModelArgs(depth=1), TrainConfig(steps=3, warmup_steps=1, eval_tokens=2048, **TINY),
-             DataArgs(**data, out=str(out / "runs" / "C5e+09-d1")))
+             DataArgs(**data, out=str(out / "runs" / "C5e+09-1x64")))
     first = sweep(out, SMOKE, **data, train=TrainConfig(**TINY))
     assert len(first["trained"]) == 6 and not first["done_before"] and not first["skipped"]
-    resumed = {(p["flops"], p["depth"]): p["resumed"] for p in first["trained"]}
-    assert resumed == {(c, d): (c, d) == (5e9, 1) for c in SMOKE.flops for d in SMOKE.depths}
+    resumed = {(p["flops"], p["size"]): p["resumed"] for p in first["trained"]}
+    assert resumed == {(c, z): (c, z) == (5e9, "1x64") for c in SMOKE.flops for z in ("1x64", "2x64")}
     rows = [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     for row in rows:
         assert row["tokens"] == row["steps"] * 4 * 64
         assert abs(row["compute"] - row["flops"]) <= row["compute"] / row["steps"] / 2  # steps are rounded
         assert 0 < row["val_loss"] < math.log(512) + 1 and row["seconds"] > 0
-        assert not (out / "runs" / f"C{row['flops']:.3g}-d{row['depth']}" / "checkpoints").exists()
+        assert not (out / "runs" / f"C{row['flops']:.3g}-{row['size']}" / "checkpoints").exists()
 
     capsys.readouterr()
     second = sweep(out, SMOKE, **data, train=TrainConfig(**TINY))
@@ -123,9 +125,9 @@ def test_smoke_sweep_is_resumable_and_fit_predict_check_run(corpus_dir, tokenize
     (out / "fit.json").write_text(json.dumps({**saved, "law": TRUE.__dict__}))
     assert main(["scaling", "predict", "--flops", "1e11", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "compute-optimal N" in printed and "nearest depth 1" in printed
+    assert "compute-optimal N" in printed and "nearest size 2x64" in printed
     p = predict(out, 1e11)
-    assert p["n"] * p["tokens"] * 6 == pytest.approx(1e11) and p["depth"] == 1
+    assert p["n"] * p["tokens"] * 6 == pytest.approx(1e11) and p["size"] == "2x64"
     low, high = saved["n_range"]
     assert (low <= p["n"] <= high) == (not p["warning"])
     far = predict(out, 1e30)  # far beyond the sweep: the optimum is an extrapolation, and says so
@@ -134,10 +136,14 @@ def test_smoke_sweep_is_resumable_and_fit_predict_check_run(corpus_dir, tokenize
     assert "warning: the optimum N" in capsys.readouterr().out
 
     checked = check(out, factor=2)
-    assert checked["flops"] == 1e10 and checked["depth"] == 1 and checked["steps"] > 50
+    assert checked["flops"] == 1e10 and checked["size"] == "2x64" and checked["steps"] > 20
     assert checked["predicted_loss"] == pytest.approx(TRUE.loss(checked["n"], checked["tokens"]))
     assert math.isfinite(checked["rel_error"]) and "## Check" in (out / "scaling_report.md").read_text()
     assert check(out, factor=2) == checked  # done: not trained again
+    # a data-hungry law puts a 1000x budget into more tokens than the corpus holds
+    (out / "fit.json").write_text(json.dumps({**saved, "law": {**TRUE.__dict__, "alpha": 1.0, "beta": 0.1}}))
+    with pytest.raises(LlmosError, match="more than one epoch of the corpus"):
+        check(out, factor=1000)  # the law describes single-epoch training only
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
@@ -145,8 +151,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
         parse_flops("1e13,1e1x")
     with pytest.raises(LlmosError, match="not a positive compute budget"):
         parse_flops("1e13,-5")
-    with pytest.raises(LlmosError, match="not a list of integers"):
-        parse_depths("2,three")
+    with pytest.raises(LlmosError, match="'three' is neither a depth like 3 nor a shape like 2x96"):
+        parse_sizes("2,three")
+    with pytest.raises(LlmosError, match="'2x100' needs .* a width that is a multiple of 32"):
+        parse_sizes("2x100")
     with pytest.raises(LlmosError, match="no points in .* yet: run `llmos scaling sweep` first"):
         fit(tmp_path)
     with pytest.raises(LlmosError, match="no fit in"):
@@ -155,6 +163,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
         fit_law([1e6, 1e7, 1e8], [1e9, 1e9, 1e9], [3.0, 2.9, 2.8])
     assert main(["scaling", "sweep", "--flops", "1e13,abc", "--out", str(tmp_path)]) == 2
     assert "--flops: 'abc' is not a number" in capsys.readouterr().err
+    assert main(["scaling", "sweep", "--sizes", "2x96,2x100", "--out", str(tmp_path)]) == 2
+    assert "--sizes: '2x100' needs" in capsys.readouterr().err
     assert main(["scaling", "fit", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no points in" in err and "Traceback" not in err
@@ -170,3 +180,18 @@ def test_a_fit_that_diverges_fails_clearly():
     with pytest.raises(LlmosError, match="fit diverged"):
         _theta_law([1.0, float("nan"), 0.5, 0.3, 0.3])
     assert _theta_law([1.0, 2.0, 0.5, 0.3, 0.3]).A == pytest.approx(math.e)
+
+
+def test_sizes_parse_and_the_ladder_covers_every_scale():
+    assert parse_sizes("3, 2x96,2X96,1") == [Size(1, 64), Size(2, 96), Size(3, 192)]
+    assert str(ladder(160)) == "3x160" and ladder(64) == Size(2, 64) and ladder(256) == Size(4, 256)
+    assert Size(2, 96).heads == 3 and Size(4, 256).heads == 8  # heads of 32 at every size
+    # N grows along the ladder, and the nearest ladder size to any N is within half a step of it
+    ns = [model_size(ladder(w), 1024, 256)[0] for w in range(64, 1025, 32)]
+    assert all(b > a for a, b in zip(ns, ns[1:]))
+    for target in (1e5, 5e5, 3.3e6, 2e7, 1e12):
+        size = nearest_size(target, 1024, 256)
+        k = (size.width - 64) // 32
+        if 0 < k < len(ns) - 1:
+            assert abs(math.log(ns[k] / target)) <= min(abs(math.log(ns[k - 1] / target)), abs(math.log(ns[k + 1] / target)))
+    assert nearest_size(1e5, 1024, 256) == Size(2, 64)  # below the ladder: its smallest size
