@@ -267,7 +267,7 @@ def sweep(out: str | Path = "", grid: Grid = DEFAULT_GRID, data: str = "", token
         raise LlmosError("no (budget, size) pair of this grid is worth training (see the skips above): "
                          "raise --flops or change --sizes")
     points_path = out / "points.jsonl"
-    done = {(p["flops"], p["size"]) for p in read_jsonl(points_path)} if points_path.is_file() else set()
+    done = {(p["flops"], p["size"]) for p in _recorded(out)}
     trained, before = [], []
     for i, point in enumerate(keep):
         label = _label(point)
@@ -288,9 +288,19 @@ def sweep(out: str | Path = "", grid: Grid = DEFAULT_GRID, data: str = "", token
     return {"trained": trained, "done_before": before, "skipped": skipped, "points": load_points(out)}
 
 
+def _recorded(out: Path) -> list[dict]:
+    """The points a sweep directory holds so far ([] for none)."""
+    path = out / "points.jsonl"
+    points = list(read_jsonl(path)) if path.is_file() else []
+    if any("size" not in p for p in points):
+        raise LlmosError(f"{path} was written by an older llmos (points by depth, without model sizes): "
+                         "sweep again into another --out")
+    return points
+
+
 def load_points(out: str | Path) -> list[dict]:
     path = Path(out) / "points.jsonl"
-    points = list(read_jsonl(path)) if path.is_file() else []
+    points = _recorded(Path(out))
     if not points:
         raise LlmosError(f"no points in {path} yet: run `llmos scaling sweep` first")
     return points

@@ -168,6 +168,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["scaling", "fit", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no points in" in err and "Traceback" not in err
+    (tmp_path / "points.jsonl").write_text(json.dumps({"flops": 1e13, "depth": 2, "n": 1e6, "tokens": 1e7,
+                                                       "val_loss": 3.5}) + "\n")
+    assert main(["scaling", "fit", "--out", str(tmp_path)]) == 2
+    assert "written by an older llmos" in capsys.readouterr().err
 
 
 
