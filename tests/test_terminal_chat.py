@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -66,13 +67,20 @@ def screen(raw: str) -> str:
     return ANSI.sub("", raw).replace("\r\n", "\n")
 
 
+def default_sigint() -> None:
+    """Ctrl-C as a person's terminal delivers it: a suite started in the background by a
+    non-interactive shell (`make test &`) runs with SIGINT ignored, which children inherit, and a
+    Python started that way never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def chat_session(model, *args: str):
     """A `llmos chat` on a pseudo-terminal, greedy, waiting at its first prompt; killed if a test fails."""
     child = pexpect.spawn(sys.executable, ["-m", "llmos.cli", "chat", "--model", str(model), "--temperature", "0",
                                            *args],
                           cwd=str(ROOT), env=subprocess_env(TERM="xterm"), encoding="utf-8", codec_errors="replace",
-                          timeout=60, dimensions=(24, 1000))
+                          timeout=60, dimensions=(24, 1000), preexec_fn=default_sigint)
     try:
         child.expect_exact(PROMPT)
         yield child
