@@ -75,8 +75,8 @@ class Size:
         return ModelArgs(depth=self.layers, d_model=self.width, n_heads=self.heads)
 
     def config(self, vocab_size: int, seq_len: int) -> ModelConfig:
-        return ModelConfig.from_depth(self.layers, vocab_size=vocab_size, max_seq_len=seq_len, d_model=self.width,
-                                      n_heads=self.heads, n_kv_heads=self.heads)
+        """Through the same ModelArgs the point trains with, so the N planned is the N trained."""
+        return self.model_args().build(vocab_size, seq_len)
 
 
 def ladder(width: int) -> Size:
