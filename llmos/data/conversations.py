@@ -17,9 +17,12 @@ Sources (each `make(split, seed, n)` is deterministic for a seed; n caps the cou
   identity              generated: who the assistant is and what it can and cannot do
   skills                generated: arithmetic, letter counts, spelling, word problems; "Answer: X"
   wiki-qa               the prepared corpus's Wikipedia leads: "What is X?" -> its first sentences
-The two bigbench sources are opt-in (not in DEFAULT_SOURCES): the sdist is 358 MB, and pip 26.3
-refuses to download it at all (it declares a direct-URL dependency, which pip now rejects even with
---no-deps). When the download works, sources.fetch unpacks only those two task directories.
+The two bigbench sources are opt-in (not in DEFAULT_SOURCES): the sdist is 358 MB (fetched from the
+index's JSON API and verified by its sha256 pin; sources.fetch unpacks only those two task
+directories). Pip itself refuses it since 26.3 (it declares a direct-URL dependency).
+
+The user's file is `{"messages": [...]}` a line; a bad line (not JSON, no valid messages, a lone
+surrogate such as a "\ud800" escape) is reported with its number, an error unless skip_bad_lines.
 
 Eval splits are held out by construction, never by sampling: chitchat by conversation text, bigbench
 natural instructions by whole subtask (unseen instructions), hhh by item, all via a hash of the key;
@@ -44,28 +47,35 @@ from pathlib import Path
 from typing import Callable
 
 from llmos.chat import validate_messages
-from llmos.common import LlmosError, atomic_write, write_json
-from llmos.data.sources import CATALOG, Source, _each_file, fetch
+from llmos.common import LlmosError, atomic_write, read_json, write_json
+from llmos.data.sources import (CATALOG, Source, _each_file, display_path, fetch, lone_surrogate,
+                                replace_lone_surrogates)
 
 EVAL_EVERY = 10  # a key whose hash is 0 mod this goes to eval: ~10% of every hashed source
 ANSWER = "Answer: "  # the skills' final line, for exact-match evaluation
 CHITCHAT_MAX_TURNS = 12  # chats run to hundreds of turns; the first ones fit a small model's context
 NI_PER_TASK = 20  # examples per natural-instructions subtask, so no single task dominates
 
-CHITCHAT = Source("chitchat", "pip", "chitchat-dataset", "0.9.0", "MIT", "Chit Chat Challenge conversations",
-                  _each_file("**/dataset.json"), include=("chitchat_dataset/dataset.json",))
-BIGBENCH = Source("bigbench", "pip", "bigbench", "1.0.0", "Apache-2.0", "BIG-bench task files",
+CHITCHAT = Source("chitchat", "pypi", "chitchat-dataset", "0.9.0", "MIT", "Chit Chat Challenge conversations",
+                  _each_file("**/dataset.json"), include=("chitchat_dataset/dataset.json",),
+                  sha256="7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e")
+BIGBENCH = Source("bigbench", "pypi", "bigbench", "1.0.0", "Apache-2.0", "BIG-bench task files",
                   _each_file("**/task.json"), sdist=True,
-                  include=("*/benchmark_tasks/natural_instructions/*", "*/benchmark_tasks/hhh_alignment/*"))
+                  include=("*/benchmark_tasks/natural_instructions/*", "*/benchmark_tasks/hhh_alignment/*"),
+                  sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
 
 
 def held_out(key: str) -> bool:
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % EVAL_EVERY == 0
+    # surrogatepass: a key from package data may hold a lone surrogate; it must hash, not crash.
+    return int(hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % EVAL_EVERY == 0
 
 
 def _chat(source: str, *turns: str, **extra) -> dict:
+    """A conversation of alternating user and assistant turns. Lone surrogates in package data (JSON
+    escapes of half a UTF-16 pair) become U+FFFD, so the mixture can be written as UTF-8."""
     roles = ("user", "assistant")
-    return {"source": source, "messages": [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)], **extra}
+    return {"source": source, "messages": [{"role": roles[i % 2], "content": replace_lone_surrogates(t)}
+                                           for i, t in enumerate(turns)], **extra}
 
 
 def _take(convs: list[dict], n: int | None, seed: int) -> list[dict]:
@@ -102,7 +112,7 @@ def _tasks(task_dir: str) -> list[tuple[str, dict]]:
     paths = sorted(root.glob(f"**/benchmark_tasks/{task_dir}/**/task.json"))
     if not paths:
         raise LlmosError(f"bigbench holds no {task_dir} task files: the package layout changed")
-    return [(p.parent.name, json.loads(p.read_text(encoding="utf-8"))) for p in paths]
+    return [(p.parent.name, read_json(p, "a bigbench task file")) for p in paths]
 
 
 def natural_instructions(split: str, seed: int, n: int | None = None) -> list[dict]:
@@ -311,25 +321,23 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 
 
 def wiki_qa(split: str, seed: int, n: int | None = None, corpus_dir: str | Path | None = None) -> list[dict]:
-    from llmos.data.corpus import default_corpus_dir
+    from llmos.data.corpus import default_corpus_dir, read_documents
     path = Path(corpus_dir or default_corpus_dir()) / ("train.jsonl" if split == "train" else "val.jsonl")
     if not path.is_file():
         raise LlmosError(f"no prepared corpus at {path.parent}: run `llmos data prepare` (with the wiki source)")
     rng, convs = random.Random(seed), []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            if doc["source"] != "wiki":
-                continue
-            title, _, body = doc["text"].partition("\n")
-            answer = ""
-            for sentence in _SENTENCE_END.split(body.strip())[:3]:
-                answer = f"{answer} {sentence}".strip()
-                if len(answer) >= 120:
-                    break
-            if title.strip() and answer:
-                convs.append(_chat("wiki-qa", rng.choice(QUESTIONS).format(title.strip()), answer,
-                                   subject=title.strip()))
+    for doc in read_documents(path):
+        if doc.get("source") != "wiki":
+            continue
+        title, _, body = doc["text"].partition("\n")
+        answer = ""
+        for sentence in _SENTENCE_END.split(body.strip())[:3]:
+            answer = f"{answer} {sentence}".strip()
+            if len(answer) >= 120:
+                break
+        if title.strip() and answer:
+            convs.append(_chat("wiki-qa", rng.choice(QUESTIONS).format(title.strip()), answer,
+                               subject=title.strip()))
     return _take(convs, n, seed)
 
 
@@ -340,8 +348,9 @@ def load_user_jsonl(path: str | Path, skip_bad_lines: bool = False) -> list[dict
     """Conversations from an OpenAI fine-tuning JSONL file (`{"messages": [...]}` a line). Bad lines are
     listed with their numbers: an LlmosError, or with `skip_bad_lines` a warning and the rest kept."""
     path = Path(path)
+    name = display_path(path)
     if not path.is_file():
-        raise LlmosError(f"conversation file {path} does not exist")
+        raise LlmosError(f"conversation file {name} does not exist")
     good, bad = [], []
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
@@ -351,20 +360,22 @@ def load_user_jsonl(path: str | Path, skip_bad_lines: bool = False) -> list[dict
                 obj = json.loads(line)
                 if not isinstance(obj, dict) or "messages" not in obj:
                     raise LlmosError('expected an object with a "messages" list')
+                if why := lone_surrogate(json.dumps(obj["messages"], ensure_ascii=False)):
+                    raise LlmosError(why)
                 validate_messages(obj["messages"])
-                good.append({"source": f"user:{path.name}", "messages": obj["messages"]})
+                good.append({"source": f"user:{display_path(path.name)}", "messages": obj["messages"]})
             except ValueError as e:
                 bad.append(f"line {number}: invalid JSON ({e})")
             except LlmosError as e:
                 bad.append(f"line {number}: {e}")
     if bad:
-        report = f"{path}: {len(bad)} bad line(s):\n  " + "\n  ".join(bad[:20]) + \
+        report = f"{name}: {len(bad)} bad line(s):\n  " + "\n  ".join(bad[:20]) + \
             (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
         if not skip_bad_lines:
             raise LlmosError(report + "\nfix them, or skip them with skip_bad_lines=True")
         warnings.warn(report, stacklevel=2)
     if not good:
-        raise LlmosError(f"{path} holds no usable conversation")
+        raise LlmosError(f"{name} holds no usable conversation")
     return good
 
 
@@ -415,7 +426,7 @@ def build_mixture(out_dir: str | Path, sources: list[str] | None = None, user_fi
             splits["eval" if held_out(json.dumps(c["messages"], sort_keys=True)) else "train"].append(c)
         entries[name] = {"train": sum(c["source"] == name for c in splits["train"]),
                          "eval": sum(c["source"] == name for c in splits["eval"]),
-                         "license": "the user's own", "origin": str(Path(path).resolve())}
+                         "license": "the user's own", "origin": display_path(Path(path).resolve())}
     if not splits["train"]:
         raise LlmosError("no conversations gathered: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     out = Path(out_dir)

@@ -1,8 +1,10 @@
 """Token shards and the batch loader.
 
-A prepared corpus (`train.jsonl`, `val.jsonl`) is tokenized once per tokenizer into flat binary
-files under `CORPUS/tokens/<tokenizer fingerprint>/`: every document starts with the bos token,
-ids are uint16 when the vocab fits (else uint32), and the files are read back as numpy memmaps.
+A prepared corpus (`train.jsonl`, `val.jsonl`) is tokenized once per tokenizer and corpus content
+into flat binary files under `CORPUS/tokens/<tokenizer fingerprint>-<corpus fingerprint>/`, so a
+corpus re-prepared in place is never read through the old corpus's shards. Every document starts
+with the bos token, ids are uint16 when the vocab fits (else uint32), and the files are read back
+as numpy memmaps. Building holds the corpus directory's lock, as `prepare` does.
 
 `TokenLoader` cuts the stream into windows of seq_len + 1 tokens and visits them in a seeded
 random order, one epoch after another. Its position (`state_dict`) is saved in checkpoints, so a
@@ -11,33 +13,38 @@ each global batch, so N processes with batch B/N see the same data as one proces
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from llmos.common import LlmosError, atomic_write, read_jsonl, write_json
+from llmos.common import LlmosError, atomic_write, file_lock, read_json, write_json
+from llmos.data.corpus import SPLITS, fingerprint, read_documents
 from llmos.tokenizer import Tokenizer
-
-
-def shard_dir(corpus_dir: Path, tok: Tokenizer) -> Path:
-    return Path(corpus_dir) / "tokens" / tok.fingerprint()
 
 
 def build_shards(corpus_dir: str | Path, tok: Tokenizer, batch_docs: int = 512) -> Path:
     """Tokenize both splits of a prepared corpus (once); return the directory holding them."""
     corpus_dir = Path(corpus_dir)
-    out = shard_dir(corpus_dir, tok)
+    for split in SPLITS:
+        if not (corpus_dir / f"{split}.jsonl").is_file():
+            raise LlmosError(f"{corpus_dir / f'{split}.jsonl'} is missing: run `llmos data prepare` first")
+    corpus = fingerprint(corpus_dir)
+    out = corpus_dir / "tokens" / f"{tok.fingerprint()}-{corpus[:12]}"
     if (out / "meta.json").is_file():
         return out
+    with file_lock(corpus_dir / ".lock", f"the corpus directory {corpus_dir}"):
+        if not (out / "meta.json").is_file():  # else another process built them while this one waited
+            _tokenize(corpus_dir, tok, out, batch_docs, corpus)
+    return out
+
+
+def _tokenize(corpus_dir: Path, tok: Tokenizer, out: Path, batch_docs: int, corpus: str) -> None:
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
-    meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name}
-    for split in ("train", "val"):
+    meta = {"vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name, "corpus": corpus}
+    for split in SPLITS:
         src = corpus_dir / f"{split}.jsonl"
-        if not src.is_file():
-            raise LlmosError(f"{src} is missing: run `llmos data prepare` first")
         n_tokens = n_bytes = 0
         with atomic_write(out / f"{split}.bin") as f, tqdm(desc=f"tokenize {split}", unit="B", unit_scale=True) as bar:
             batch: list[str] = []
@@ -49,7 +56,7 @@ def build_shards(corpus_dir: str | Path, tok: Tokenizer, batch_docs: int = 512) 
                     n_tokens += len(ids)
                 batch.clear()
 
-            for doc in read_jsonl(src):
+            for doc in read_documents(src):
                 batch.append(doc["text"])
                 size = len(doc["text"].encode("utf-8"))
                 n_bytes += size
@@ -59,11 +66,10 @@ def build_shards(corpus_dir: str | Path, tok: Tokenizer, batch_docs: int = 512) 
             flush()
         meta[split] = {"tokens": n_tokens, "bytes": n_bytes}
     write_json(out / "meta.json", meta)
-    return out
 
 
 def load_tokens(shards: Path, split: str) -> np.ndarray:
-    meta = json.loads((Path(shards) / "meta.json").read_text())
+    meta = read_json(Path(shards) / "meta.json", "token shard metadata")
     return np.memmap(Path(shards) / f"{split}.bin", dtype=meta["dtype"], mode="r")
 
 
