@@ -35,22 +35,25 @@ Each span and each text between spans is tokenized separately, so the mask is ex
 assistant's tokens start at a token boundary, as they do when generating. A template that does not
 render prefixes as prefixes of the whole conversation is rejected. Message text containing one of
 the tokenizer's special tokens is rejected here, since the rendered string cannot keep it literal.
+
+A template comes with the model file, so it is untrusted: it renders in a sandbox with time and
+size limits (llmos/template.py).
 """
 from __future__ import annotations
 
 import json
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
 from llmos.common import LlmosError
+from llmos.template import compile_template, render_template
 from llmos.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant", "tool")
 TURN_TOKENS = {role: (f"<|{role}_start|>", f"<|{role}_end|>") for role in ("system", "user", "assistant")}
 TOOL_CALL = ("<|tool_call_start|>", "<|tool_call_end|>")
 TOOL_RESULT = ("<|tool_result_start|>", "<|tool_result_end|>")
+
 
 
 def _tool_calls(i: int, calls) -> list[dict]:
@@ -127,14 +130,7 @@ class ChatFormat:
         if not chat_template:
             raise LlmosError("this tokenizer has no llmos chat tokens and the model carries no chat template: "
                              "it cannot chat (train with llmos's tokenizer, or import a model with a template)")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
-        env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
-        env.globals["raise_exception"] = _raise_from_template
-        try:
-            self._template = env.from_string(chat_template)
-        except jinja2.TemplateError as e:
-            raise LlmosError(f"the model's chat template is not valid Jinja: {e}") from None
+        self._template = compile_template(chat_template)
         self._bos = tok.hf.id_to_token(tok.bos_id) if tok.bos_id is not None else ""
         self._eos = tok.hf.id_to_token(tok.eos_id) if tok.eos_id is not None else ""
         self._specials = [t.content for t in tok.hf.get_added_tokens_decoder().values() if t.special]
@@ -198,11 +194,8 @@ class ChatFormat:
                 if special in (m.get("content") or ""):
                     raise LlmosError(f"message {i}: its content contains the special token {special}, "
                                      "which this model's chat template cannot keep as plain text")
-        try:
-            return self._template.render(messages=messages, add_generation_prompt=generation_prompt,
-                                         bos_token=self._bos, eos_token=self._eos)
-        except jinja2.TemplateError as e:
-            raise LlmosError(f"the model's chat template failed on this conversation: {e}") from None
+        return render_template(self._template, messages=messages, add_generation_prompt=generation_prompt,
+                               bos_token=self._bos, eos_token=self._eos)
 
     def _templated(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         full = self._text(messages, False)
@@ -225,7 +218,3 @@ class ChatFormat:
             ids.extend(new)
             mask.extend([int(learn)] * len(new))
         return ids, mask
-
-
-def _raise_from_template(message: str):
-    raise LlmosError(f"the model's chat template refused the conversation: {message}")

@@ -16,8 +16,8 @@ from typing import Iterable, Iterator
 import torch
 
 from llmos.common import LlmosError
-from llmos.model import ModelConfig, Transformer
-from llmos.params import check_vocab, load_params
+from llmos.model import ModelConfig, Transformer, check_weight_shapes
+from llmos.params import check_vocab, load_params, parse_tokenizer
 from llmos.tokenizer import Tokenizer
 
 
@@ -54,17 +54,23 @@ def open_model(ref: str | Path, device: str = "cpu") -> tuple[Transformer, Token
 def load_checkpoint_model(path: Path, device: str = "cpu") -> tuple[Transformer, Tokenizer, dict]:
     from llmos.train.loop import load_checkpoint
     state = load_checkpoint(path)
-    cfg = ModelConfig.from_dict(state["model_config"])
+    cfg = ModelConfig.from_dict(state.get("model_config"), source=str(path))
     if "tokenizer" not in state:
         raise LlmosError(f"checkpoint {path} carries no tokenizer")
-    tok = Tokenizer.from_json(state["tokenizer"])
+    tok = parse_tokenizer(state["tokenizer"], str(path))
     check_vocab(tok, cfg, source=str(path))
-    if any(k.startswith("base_model.model.") for k in state["model"]):
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise LlmosError(f"checkpoint {path} holds no weights (its model entry is not a state dict): "
+                         "delete it to fall back to the previous one, or retrain")
+    if any(k.startswith("base_model.model.") for k in weights):
         raise LlmosError(f"{path} is a checkpoint of a LoRA fine-tuning still in progress: finish it "
                          "(`llmos sft ... --resume`) and use the run's model.llmos")
+    check_weight_shapes(cfg, {k: v.shape for k, v in weights.items()}, str(path))
     model = Transformer(cfg)
-    model.load_state_dict(state["model"])
-    provenance = {**state.get("provenance", {}), "checkpoint": str(path), "step": state["step"]}
+    model.load_state_dict(weights, strict=False)  # names and shapes are checked; a tied lm_head is embed
+    saved = state.get("provenance")
+    provenance = {**(saved if isinstance(saved, dict) else {}), "checkpoint": str(path), "step": state.get("step")}
     return model.to(device).eval(), tok, {"chat_template": state.get("chat_template", ""), "provenance": provenance}
 
 

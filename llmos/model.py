@@ -12,14 +12,24 @@ the Hugging Face "rotate half" layout, so HF Llama weights load without any perm
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from llmos.common import LlmosError
+
+# The most positions a model may have: its RoPE tables hold 2 x max_seq_len x head_dim floats, allocated
+# when the model is built (4 GiB at this bound and head_dim 512); the largest Llama contexts are 128k.
+MAX_CONTEXT = 1 << 20
+_SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len")
+_DERIVED_SIZES = ("head_dim", "d_ff")  # 0 derives them from d_model
+_POSITIVE_FLOATS = ("rope_theta", "norm_eps")
+_FLAGS = ("qk_norm", "tie_embeddings")
 
 
 @dataclass
@@ -38,10 +48,28 @@ class ModelConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self):
+        for name in _SIZES + _DERIVED_SIZES:
+            value, minimum = getattr(self, name), 1 if name in _SIZES else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise LlmosError(f"model config: {name} must be an integer of at least {minimum}, not {value!r}")
+        for name in _POSITIVE_FLOATS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise LlmosError(f"model config: {name} must be a positive number, not {value!r}")
+            setattr(self, name, float(value))
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise LlmosError(f"model config: {name} must be true or false, not {getattr(self, name)!r}")
+        if self.max_seq_len > MAX_CONTEXT:
+            raise LlmosError(f"model config: max_seq_len {self.max_seq_len:,} exceeds llmos's limit of {MAX_CONTEXT:,} "
+                             "positions (its RoPE tables are allocated for every position)")
         if self.head_dim == 0:
             self.head_dim = self.d_model // self.n_heads
         if self.d_ff == 0:
             self.d_ff = 64 * math.ceil(8 * self.d_model / 3 / 64)
+        if self.head_dim == 0 or self.head_dim % 2:
+            raise LlmosError(f"model config: head_dim must be even and positive (RoPE rotates pairs), "
+                             f"not {self.head_dim}")
         if self.n_heads % self.n_kv_heads:
             raise LlmosError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
 
@@ -55,15 +83,69 @@ class ModelConfig:
         return cls(**cfg)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict, source: str = "the model") -> "ModelConfig":
+        """A config from its dict form; any fault is an LlmosError naming `source` (a file, a checkpoint)."""
+        if not isinstance(d, dict):
+            raise LlmosError(f"{source}: the model config is a {type(d).__name__}, not an object: the file is corrupt")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise LlmosError(f"unknown model config keys {sorted(unknown)}: the file was written by another version")
-        return cls(**d)
+            raise LlmosError(f"{source}: unknown model config keys {sorted(unknown)}: "
+                             "the file was written by another version")
+        try:
+            return cls(**d)
+        except LlmosError as e:
+            raise LlmosError(f"{source}: {e}: the file is corrupt or was not written for this model") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def stored_weight_shapes(cfg: ModelConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """The name and shape of every weight a model file stores for `cfg`, in Transformer's order,
+    computed from the config alone and lazily (a corrupt layer count costs nothing until iterated).
+    Tied embeddings are stored once: no lm_head.weight then."""
+    d, q_width, kv_width = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    yield "embed.weight", (cfg.vocab_size, d)
+    for i in range(cfg.n_layers):
+        yield f"layers.{i}.attn_norm.weight", (d,)
+        yield f"layers.{i}.attn.q_proj.weight", (q_width, d)
+        yield f"layers.{i}.attn.k_proj.weight", (kv_width, d)
+        yield f"layers.{i}.attn.v_proj.weight", (kv_width, d)
+        yield f"layers.{i}.attn.o_proj.weight", (d, q_width)
+        if cfg.qk_norm:
+            yield f"layers.{i}.attn.q_norm.weight", (cfg.head_dim,)
+            yield f"layers.{i}.attn.k_norm.weight", (cfg.head_dim,)
+        yield f"layers.{i}.mlp_norm.weight", (d,)
+        yield f"layers.{i}.mlp.gate_proj.weight", (cfg.d_ff, d)
+        yield f"layers.{i}.mlp.up_proj.weight", (cfg.d_ff, d)
+        yield f"layers.{i}.mlp.down_proj.weight", (d, cfg.d_ff)
+    yield "norm.weight", (d,)
+    if not cfg.tie_embeddings:
+        yield "lm_head.weight", (cfg.vocab_size, d)
+
+
+def check_weight_shapes(cfg: ModelConfig, declared: Mapping[str, Sequence[int]], source: str) -> None:
+    """LlmosError unless `declared` (weight name -> shape, as a file's header states them) holds exactly
+    the weights of Transformer(cfg) in their shapes. Arithmetic only, so it runs before anything is
+    allocated. A tied model may also name lm_head.weight (a live state_dict does)."""
+    # One more than the file declares shows a missing weight; a corrupt config's list may be endless.
+    expected = dict(itertools.islice(stored_weight_shapes(cfg), len(declared) + 1))
+    what_to_do = "the file is corrupt or was written for another model: export or download it again"
+    missing = [k for k in expected if k not in declared]
+    if missing:
+        more = len(missing) > 3 or len(expected) > len(declared)  # the list was cut short
+        raise LlmosError(f"{source} lacks weights for {missing[:3]}{' ...' if more else ''} that its config "
+                         f"({cfg.n_layers:,} layers, width {cfg.d_model:,}) needs: {what_to_do}")
+    if cfg.tie_embeddings:
+        expected["lm_head.weight"] = expected["embed.weight"]
+    unexpected = [k for k in declared if k not in expected]
+    if unexpected:
+        raise LlmosError(f"{source} has weights llmos's model has no place for: {unexpected[:3]}: {what_to_do}")
+    wrong = [f"{k} {tuple(shape)} (expected {expected[k]})" for k, shape in declared.items()
+             if tuple(shape) != expected[k]]
+    if wrong:
+        raise LlmosError(f"{source}: weight shapes disagree with its config: {'; '.join(wrong[:2])}: {what_to_do}")
 
 
 def default_lr(d_model: int) -> float:
@@ -239,8 +321,18 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6 per matmul weight (the input embedding is a lookup, not a
-        matmul) plus attention's 12 * layers * width * context (Kaplan et al.; nanochat)."""
-        cfg = self.cfg
-        n = self.num_params() - (0 if cfg.tie_embeddings else self.embed.weight.numel())
-        return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * (seq_len or cfg.max_seq_len)
+        """Training FLOPs per token of this model as it stands (adapters included): see flops_per_token."""
+        return flops_per_token(self.cfg, seq_len, params=self.num_params())
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """The parameters of Transformer(cfg), from the config alone (tied embeddings counted once)."""
+    return sum(math.prod(shape) for _, shape in stored_weight_shapes(cfg))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None, params: int | None = None) -> int:
+    """Training FLOPs per token: 6 per matmul weight (the input embedding is a lookup, not a matmul)
+    plus attention's 12 * layers * width * context (Kaplan et al.; nanochat). Arithmetic only, so
+    sizing a model (scaling sweeps) costs nothing; `params` counts a live model's own parameters."""
+    n = (count_params(cfg) if params is None else params) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
+    return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * (seq_len or cfg.max_seq_len)

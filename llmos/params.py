@@ -12,6 +12,9 @@ It is a safetensors file whose header metadata carries everything else a model n
     model, tok, meta = load_params("model.llmos")
 
 Tied embeddings are stored once (no `lm_head.weight`). Weights are float32 or bfloat16.
+
+Loading checks the header field by field and the config's weight shapes against the tensors the
+header declares before the model is built, so a corrupt or crafted file is one clear LlmosError.
 """
 from __future__ import annotations
 
@@ -21,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from llmos.common import LlmosError, atomic_write
-from llmos.model import ModelConfig, Transformer
+from llmos.model import ModelConfig, Transformer, check_weight_shapes
 from llmos.tokenizer import Tokenizer
 
 FORMAT_VERSION = "1"
@@ -45,6 +48,11 @@ def save_params(path: str | Path, model: Transformer, tok: Tokenizer, provenance
 
 def read_metadata(path: str | Path) -> dict:
     """The header metadata of a params file, with clear errors for missing, truncated or foreign files."""
+    return _read_header(path)[0]
+
+
+def _read_header(path: str | Path) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """(metadata, tensor name -> shape) from a params file's safetensors header, every field checked."""
     path = Path(path)
     if not path.is_file():
         raise LlmosError(f"params file {path} does not exist")
@@ -56,34 +64,90 @@ def read_metadata(path: str | Path) -> dict:
         try:
             header = json.loads(f.read(size))
         except ValueError:
-            raise LlmosError(f"{path} has a corrupt safetensors header") from None
-    meta = header.get("__metadata__", {})
+            header = None
+    corrupt = f"{path} has a corrupt safetensors header"
+    if not isinstance(header, dict):
+        raise LlmosError(f"{corrupt} (not a JSON object): export or download the file again")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise LlmosError(f"{corrupt} (its metadata is not a map of strings): export or download the file again")
     if meta.get("format") != "llmos":
         raise LlmosError(f"{path} is a safetensors file but not an llmos params file (no format=llmos metadata): "
                          "import foreign models with `llmos import`")
     if meta.get("format_version") != FORMAT_VERSION:
         raise LlmosError(f"{path} has params format version {meta.get('format_version')}; "
                          f"this llmos reads version {FORMAT_VERSION}")
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+                and _naturals(entry.get("shape")) and _naturals(entry.get("data_offsets"), length=2)):
+            raise LlmosError(f"{corrupt}: tensor {name!r} is not {{dtype, shape, data_offsets}}: "
+                             "export or download the file again")
+    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if path.stat().st_size < 8 + size + end:
         raise LlmosError(f"{path} is truncated: its header promises {end:,} bytes of weights")
-    return meta
+    return meta, {name: entry["shape"] for name, entry in header.items()}
+
+
+def _naturals(value, length: int | None = None) -> bool:
+    """Whether `value` is a list of non-negative integers (of the given length)."""
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value))
+
+
+def _json_entry(meta: dict[str, str], key: str, path: Path):
+    """A JSON-valued metadata entry (config, provenance) as an object, or a clear error."""
+    if key not in meta:
+        raise LlmosError(f"{path} has no {key} in its header: the file is corrupt; export or download it again")
+    try:
+        value = json.loads(meta[key])
+    except ValueError as e:
+        raise LlmosError(f"{path}: its {key} is not valid JSON ({e}): export or download the file again") from None
+    if not isinstance(value, dict):
+        raise LlmosError(f"{path}: its {key} is a {type(value).__name__}, not a JSON object: "
+                         "export or download the file again")
+    return value
+
+
+def _check_roles(roles, path: Path) -> None:
+    """An imported model's tokenizer roles (provenance.tokenizer_roles) must be what Tokenizer takes."""
+    if roles is None:
+        return
+    names = {"bos_token": (str, type(None)), "eos_token": (str, type(None)), "add_bos": (bool,)}
+    if not (isinstance(roles, dict) and all(k in names and isinstance(v, names[k]) for k, v in roles.items())):
+        raise LlmosError(f"{path}: its provenance.tokenizer_roles is not {{bos_token, eos_token, add_bos}}: "
+                         "import the model again")
+
+
+def parse_tokenizer(text, source: str) -> Tokenizer:
+    """A Tokenizer from tokenizer.json text carried by a model file; a corrupt one is an LlmosError."""
+    if not isinstance(text, str):
+        raise LlmosError(f"{source}: its tokenizer is a {type(text).__name__}, not tokenizer.json text")
+    try:
+        return Tokenizer.from_json(text)
+    except Exception as e:  # tokenizers raises a bare Exception for any malformed tokenizer.json
+        raise LlmosError(f"{source}: its tokenizer is not a valid tokenizer.json ({e}): "
+                         "export or download the file again") from None
 
 
 def load_params(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer, dict]:
-    meta = read_metadata(path)
-    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    tok = Tokenizer.from_json(meta["tokenizer"])
+    path = Path(path)
+    meta, shapes = _read_header(path)
+    cfg = ModelConfig.from_dict(_json_entry(meta, "config", path), source=str(path))
+    if "tokenizer" not in meta:
+        raise LlmosError(f"{path} has no tokenizer in its header: the file is corrupt; export or download it again")
+    tok = parse_tokenizer(meta["tokenizer"], str(path))
     check_vocab(tok, cfg, source=str(path))
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        state = {k: f.get_tensor(k).float() for k in f.keys()}
+    check_weight_shapes(cfg, shapes, str(path))  # before Transformer(cfg) allocates what the config says
+    provenance = _json_entry(meta, "provenance", path) if "provenance" in meta else {}
+    _check_roles(provenance.get("tokenizer_roles"), path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except SafetensorError as e:
+        raise LlmosError(f"{path} has a corrupt safetensors header ({e}): export or download the file again") from None
     model = Transformer(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise LlmosError(f"{path} does not match its own config: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    info = {"chat_template": meta.get("chat_template", ""), "provenance": json.loads(meta.get("provenance", "{}"))}
-    return model.to(device).eval(), tok, info
+    model.load_state_dict(state, strict=False)  # names and shapes are checked; a tied lm_head is embed
+    return model.to(device).eval(), tok, {"chat_template": meta.get("chat_template", ""), "provenance": provenance}
 
 
 def check_vocab(tok: Tokenizer, cfg: ModelConfig, source: str = "the model") -> None:

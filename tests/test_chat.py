@@ -1,7 +1,9 @@
-"""The chat format: exact loss masks (native and ChatML-templated), prompts, and message validation."""
+"""The chat format: exact loss masks (native and ChatML-templated), prompts, message validation, and
+limits on what a model's (untrusted) chat template may do."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
@@ -162,3 +164,53 @@ def test_template_sees_openai_tool_calls(chatml_tok):
     ids, mask = ChatFormat(chatml_tok, template).render(TOOL_CONV)
     fn = json.dumps(TOOL_CONV[1]["tool_calls"][0]["function"])
     assert masked_runs(chatml_tok, ids, mask) == [fn + "<|im_end|>", "It is 18 degrees in Paris.<|im_end|>"]
+
+
+DOUBLING = "{% set ns = namespace(s='x', n=3) %}{% for i in range(64) %}{% set ns.s = STEP %}{% endfor %}"
+RUNAWAY_TEMPLATES = {
+    "nested loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                     "took longer than the limit of 0.2 s (TEMPLATE_TIME_LIMIT_S)"),
+    "a string times a billion": ("{{ 'x' * 10**9 }}", "built a value of 1,000,000,000 characters or items, "
+                                                      "over the limit of 1,000 (TEMPLATE_MAX_CHARS)"),
+    "a huge power": ("{{ 2 ** 100000 }}", "computes 2 ** 100000, an integer over the limit of 4,096 bits"),
+    "doubling with ~": (DOUBLING.replace("STEP", "ns.s ~ ns.s"), "built a value of 1,024 characters"),
+    "doubling with +": (DOUBLING.replace("STEP", "ns.s + ns.s"), "built a value of 1,024 characters"),
+    "doubling with a filter": (DOUBLING.replace("STEP", "ns.s|replace('x', 'xx')"),
+                               "built a value of 1,024 characters"),
+    "doubling with a method": (DOUBLING.replace("STEP", "ns.s.ljust(2 * ns.s|length, 'x')"),
+                               "built a value of 1,024 characters"),
+    "squaring an integer": (DOUBLING.replace("ns.s = STEP", "ns.n = ns.n * ns.n"), "built an integer of 6,493 bits"),
+    "division by zero": ("{{ 1 / 0 }}", "failed on this conversation (ZeroDivisionError: division by zero)"),
+}
+
+
+@pytest.mark.parametrize("case", RUNAWAY_TEMPLATES)
+def test_runaway_or_failing_templates_are_clear_errors(case, chatml_tok, monkeypatch):
+    monkeypatch.setattr("llmos.template.TEMPLATE_TIME_LIMIT_S", 0.2)
+    monkeypatch.setattr("llmos.template.TEMPLATE_MAX_CHARS", 1000)  # small limits keep the test fast
+    template, message = RUNAWAY_TEMPLATES[case]
+    with pytest.raises(LlmosError) as e:
+        ChatFormat(chatml_tok, template).render_prompt(CONV[1:2])
+    assert message in str(e.value)
+
+
+def test_template_output_is_capped(chatml_tok, monkeypatch):
+    monkeypatch.setattr("llmos.template.TEMPLATE_MAX_CHARS", 1000)
+    fmt = ChatFormat(chatml_tok, "{% for i in range(100) %}{{ '0123456789abcdef' }}{% endfor %}")
+    with pytest.raises(LlmosError, match="rendered more than the limit of 1,000 characters"):
+        fmt.render_prompt(CONV[1:2])
+
+
+def test_the_time_limit_holds_in_a_worker_thread(chatml_tok, monkeypatch):
+    """A server renders in worker threads, where signal-based timeouts cannot reach."""
+    monkeypatch.setattr("llmos.template.TEMPLATE_TIME_LIMIT_S", 0.2)
+    endless = ChatFormat(chatml_tok, RUNAWAY_TEMPLATES["nested loops"][0])
+    normal = ChatFormat(chatml_tok, CHATML)
+
+    def in_worker():
+        with pytest.raises(LlmosError, match="took longer than the limit of 0.2 s"):
+            endless.render_prompt(CONV[1:2])
+        return normal.render_prompt(CONV[1:2])  # the thread renders normally afterwards
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(in_worker).result() == normal.render_prompt(CONV[1:2])

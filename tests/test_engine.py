@@ -1,6 +1,7 @@
 """Sampling and the params file: determinism, stopping, greedy limits, exact save/load, clear errors."""
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,6 +100,97 @@ def test_bad_params_files_get_clear_errors(model, tok, tmp_path):
         load_model(tmp_path / "nothing-here")
 
 
+def rewrite_header(src: Path, dst: Path, edit) -> Path:
+    """A copy of the params file `src` whose safetensors header (parsed JSON) went through `edit`;
+    data offsets count from the end of the header, so the weights stay where the header says."""
+    data = src.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    raw = json.dumps(edit(header)).encode()
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + size:])
+    return dst
+
+
+def edit_config(**changes):
+    def edit(header):
+        header["__metadata__"]["config"] = json.dumps({**json.loads(header["__metadata__"]["config"]), **changes})
+        return header
+    return edit
+
+
+def edit_meta(**changes):
+    def edit(header):
+        header["__metadata__"].update(changes)
+        for key in [k for k, v in changes.items() if v is None]:
+            del header["__metadata__"][key]
+        return header
+    return edit
+
+
+def edit_tensor(name, value):
+    def edit(header):
+        header[name] = value(header[name])
+        return header
+    return edit
+
+
+CORRUPT_HEADERS = {
+    "not an object": (lambda header: [header], "corrupt safetensors header (not a JSON object)"),
+    "metadata not strings": (edit_meta(config={"n_layers": 2}), "its metadata is not a map of strings"),
+    "no config": (edit_meta(config=None), "has no config in its header"),
+    "no tokenizer": (edit_meta(tokenizer=None), "has no tokenizer in its header"),
+    "config not JSON": (edit_meta(config="{n_layers: 2"), "its config is not valid JSON"),
+    "config not an object": (edit_meta(config="[2, 64]"), "its config is a list, not a JSON object"),
+    "layers not a number": (edit_config(n_layers="x"), "n_layers must be an integer of at least 1, not 'x'"),
+    "negative width": (edit_config(d_model=-64), "d_model must be an integer of at least 1, not -64"),
+    "tie not a flag": (edit_config(tie_embeddings="no"), "tie_embeddings must be true or false"),
+    "huge context": (edit_config(max_seq_len=2 ** 40), "exceeds llmos's limit of 1,048,576 positions"),
+    "a layer more": (edit_config(n_layers=3), r"lacks weights for ['layers.2.attn_norm.weight'"),
+    "a billion layers": (edit_config(n_layers=10 ** 9), "that its config (1,000,000,000 layers, width 64) needs"),
+    "wider": (edit_config(d_model=128, n_heads=8, n_kv_heads=4),
+              "weight shapes disagree with its config: embed.weight (512, 64) (expected (512, 128))"),
+    "tokenizer not JSON": (edit_meta(tokenizer="{"), "its tokenizer is not a valid tokenizer.json"),
+    "tensor not an object": (edit_tensor("norm.weight", lambda t: 3),
+                             "tensor 'norm.weight' is not {dtype, shape, data_offsets}"),
+    "shape not numbers": (edit_tensor("norm.weight", lambda t: {**t, "shape": ["64"]}),
+                          "tensor 'norm.weight' is not {dtype, shape, data_offsets}"),
+    "provenance not an object": (edit_meta(provenance="3"), "its provenance is a int, not a JSON object"),
+    "bad tokenizer roles": (edit_meta(provenance=json.dumps({"tokenizer_roles": {"bos_token": 5}})),
+                            "provenance.tokenizer_roles is not {bos_token, eos_token, add_bos}"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT_HEADERS)
+def test_corrupt_params_headers_are_clear_errors_before_any_allocation(case, model, tok, tmp_path, monkeypatch):
+    edit, message = CORRUPT_HEADERS[case]
+    good = save_params(tmp_path / "m.llmos", model, tok)
+    bad = rewrite_header(good, tmp_path / "bad.llmos", edit)
+
+    def no_model(cfg):
+        raise AssertionError(f"a model was built for a corrupt file: {cfg}")
+    monkeypatch.setattr("llmos.params.Transformer", no_model)
+    with pytest.raises(LlmosError) as e:
+        load_params(bad)
+    assert message in str(e.value) and str(bad) in str(e.value)
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config(model, tok, tmp_path):
+    from llmos.train.loop import CKPT_VERSION
+    state = {"version": CKPT_VERSION, "step": 3, "model": model.state_dict(), "tokenizer": tok.to_json(),
+             "model_config": {**model.cfg.to_dict(), "d_ff": model.cfg.d_ff + 64}}
+    torch.save(state, tmp_path / "wide.pt")
+    with pytest.raises(LlmosError, match=r"wide.pt: weight shapes disagree with its config: layers.0.mlp.gate_proj"):
+        load_model(tmp_path / "wide.pt")
+    torch.save({**state, "model_config": {**model.cfg.to_dict(), "n_layers": "2"}}, tmp_path / "typo.pt")
+    with pytest.raises(LlmosError, match="typo.pt: model config: n_layers must be an integer"):
+        load_model(tmp_path / "typo.pt")
+    torch.save({**state, "model_config": model.cfg.to_dict(), "tokenizer": "{"}, tmp_path / "tok.pt")
+    with pytest.raises(LlmosError, match="tok.pt: its tokenizer is not a valid tokenizer.json"):
+        load_model(tmp_path / "tok.pt")
+    torch.save({**state, "model_config": model.cfg.to_dict()}, tmp_path / "good.pt")
+    assert load_model(tmp_path / "good.pt")[0].cfg == model.cfg
+
+
 def test_batched_greedy_matches_one_prompt_at_a_time(model, tok):
     prompts = [tok.encode(text, bos=True) for text in ("import os", "x", "def main():\n    return 42", "class A:")]
     stop = [tok.token_id("<|assistant_end|>")]
@@ -106,10 +198,13 @@ def test_batched_greedy_matches_one_prompt_at_a_time(model, tok):
              for p in prompts]
     assert generate_batch(model, prompts, 24, stop_ids=stop, repetition_penalty=1.3) == alone
     # A row that stops early ends with its stop token while the others go on.
-    early = alone[0][5]
+    free = [list(generate(model, p, 24, temperature=0)) for p in prompts]
+    early = free[0][5]
+    first = free[0].index(early)  # where row 0 meets it first (at 5 or before)
     batched = generate_batch(model, prompts, 24, stop_ids=[early])
-    assert batched[0] == alone[0][:6] or early in alone[0][:5]
-    assert all(len(r) <= 24 for r in batched)
+    assert batched[0] == free[0][:first + 1] and first + 1 < 24
+    assert batched[1:] == [row[:row.index(early) + 1] if early in row else row for row in free[1:]]
+    assert max(map(len, batched[1:])) > first + 1  # another row went on after row 0 stopped
 
 
 def test_repetition_penalty_breaks_loops(model, tok):

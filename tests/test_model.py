@@ -1,9 +1,11 @@
-"""The transformer: KV-cache parity, causality, the depth knob, context limits."""
+"""The transformer: KV-cache parity, causality, the depth knob, context limits, config and weight-shape checks."""
+import re
+
 import pytest
 import torch
 
 from llmos.common import LlmosError
-from llmos.model import ModelConfig, Transformer
+from llmos.model import MAX_CONTEXT, ModelConfig, Transformer, check_weight_shapes, stored_weight_shapes
 
 
 def _model(**kw) -> Transformer:
@@ -62,3 +64,57 @@ def test_training_loss_ignores_masked_targets():
     logits = model(x)
     expected = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 300), y[:, 8:].reshape(-1))
     torch.testing.assert_close(model(x, targets=masked), expected)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"n_layers": "x"}, "n_layers must be an integer of at least 1, not 'x'"),
+    ({"d_model": -64}, "d_model must be an integer of at least 1"),
+    ({"vocab_size": 0}, "vocab_size must be an integer of at least 1"),
+    ({"n_heads": 4.0}, "n_heads must be an integer"),
+    ({"d_ff": -1}, "d_ff must be an integer of at least 0"),
+    ({"rope_theta": "10000"}, "rope_theta must be a positive number"),
+    ({"norm_eps": float("nan")}, "norm_eps must be a positive number"),
+    ({"tie_embeddings": "false"}, "tie_embeddings must be true or false"),
+    ({"qk_norm": 1}, "qk_norm must be true or false"),
+    ({"head_dim": 7}, "head_dim must be even"),
+    ({"max_seq_len": MAX_CONTEXT + 1}, "max_seq_len 1,048,577 exceeds llmos's limit of 1,048,576 positions"),
+])
+def test_bad_configs_are_clear_errors(overrides, message):
+    with pytest.raises(LlmosError, match=re.escape(message)):
+        ModelConfig(**overrides)
+    with pytest.raises(LlmosError, match=re.escape(f"m.llmos: model config: {message}")):
+        ModelConfig.from_dict({**ModelConfig().to_dict(), **overrides}, source="m.llmos")
+    assert ModelConfig(max_seq_len=MAX_CONTEXT, rope_theta=500000).rope_theta == 500000.0
+
+
+def test_from_dict_refuses_what_is_not_a_config():
+    with pytest.raises(LlmosError, match="the model config is a list, not an object"):
+        ModelConfig.from_dict([1, 2])
+    with pytest.raises(LlmosError, match=r"unknown model config keys \['depth'\]"):
+        ModelConfig.from_dict({"depth": 4})
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2, "tie_embeddings": False, "qk_norm": True, "head_dim": 8}])
+def test_stored_weight_shapes_are_the_models(kw):
+    model = _model(n_kv_heads=kw.pop("n_kv_heads", 4), **kw)
+    stored = {k: tuple(v.shape) for k, v in model.state_dict().items()
+              if not (model.cfg.tie_embeddings and k == "lm_head.weight")}
+    assert list(stored_weight_shapes(model.cfg)) == list(stored.items())
+    check_weight_shapes(model.cfg, stored, "m")
+    check_weight_shapes(model.cfg, {k: v.shape for k, v in model.state_dict().items()}, "m")  # a live state dict
+
+
+def test_weight_shape_check_is_arithmetic_and_names_the_fault():
+    cfg = ModelConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4)
+    stored = dict(stored_weight_shapes(cfg))
+    huge = ModelConfig(vocab_size=300, d_model=64, n_layers=10**12, n_heads=4)  # would never fit in memory
+    with pytest.raises(LlmosError, match=r"m lacks weights for \['layers.2.attn_norm.weight', .*\] \.\.\. "
+                                         r"that its config \(1,000,000,000,000 layers"):
+        check_weight_shapes(huge, stored, "m")
+    with pytest.raises(LlmosError, match=r"m has weights llmos's model has no place for: \['layers.2.mlp.bias'\]"):
+        check_weight_shapes(cfg, {**stored, "layers.2.mlp.bias": (64,)}, "m")
+    with pytest.raises(LlmosError, match=r"m: weight shapes disagree with its config: embed.weight \(301, 64\) "
+                                         r"\(expected \(300, 64\)\)"):
+        check_weight_shapes(cfg, {**stored, "embed.weight": [301, 64]}, "m")
+    with pytest.raises(LlmosError, match=r"lm_head.weight \(64, 64\)"):  # a tied head must still fit
+        check_weight_shapes(cfg, {**stored, "lm_head.weight": (64, 64)}, "m")

@@ -17,11 +17,12 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from llmos.data.corpus import load_texts
 from llmos.engine import generate
+from llmos.interop.convert import run_py_path
 from llmos.model import ModelConfig, Transformer
 from llmos.params import load_params, save_params
 from llmos.tokenizer import Tokenizer
 
-RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+RUN_PY = run_py_path()  # the copy the package ships (the repository's run.py links to it)
 PROMPT = "def main():\n    return"
 
 
@@ -36,7 +37,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def rp():
-    """run.py as a module (it is a script, not part of the package)."""
+    """run.py as a module (a script the package ships for export, never imported by llmos itself)."""
     spec = importlib.util.spec_from_file_location("llmos_run_py", RUN_PY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -5,38 +5,42 @@
     export_model("runs/d4", "llmos", "models/d4")                        # model.llmos + run.py
     import_model("SmolLM2-135M-Instruct.Q4_1.gguf", "models/smollm2.llmos")
     import_model("path/to/hf-llama-dir", "models/llama.llmos")
+    import_model("smollm2-135m-instruct", "smollm2.llmos")             # a named model (catalog.py)
 
 The model reference is anything `llmos.engine.load_model` accepts (run directory, .llmos file, .pt
-checkpoint, named model). `--format llmos` writes the params file and copies the repository's
-standalone `run.py` next to it, so the two files travel together. Imports become a params file
-whose provenance records the source and the tokenizer's bos/eos roles.
+checkpoint, named model). `--format llmos` writes the params file and copies the standalone
+`run.py` next to it, so the two files travel together; run.py ships inside the package
+(`llmos/run.py`, found with importlib.resources; the repository root links to it). Imports become
+a params file whose provenance records the source and the tokenizer's bos/eos roles.
 """
 from __future__ import annotations
 
-import shutil
+from importlib import resources
 from pathlib import Path
 
 import torch
 
-from llmos.common import LlmosError
-from llmos.params import save_params
+from llmos.common import LlmosError, atomic_write
+from llmos.params import load_params, save_params
 
 FORMATS = {"llmos": ("f32", "bf16"), "gguf": ("f32", "f16", "q8_0", "q4_0", "q4_1"), "hf": ("f32", "f16", "bf16")}
 PARAMS_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 
 def run_py_path() -> Path:
-    """The standalone runner at the repository root, one level above the llmos package."""
-    import llmos
-    return Path(llmos.__file__).resolve().parents[1] / "run.py"
+    """The standalone runner, shipped inside the llmos package."""
+    runner = Path(str(resources.files("llmos") / "run.py"))
+    if not runner.is_file():
+        raise LlmosError(f"this llmos installation lacks its standalone runner ({runner}): reinstall llmos")
+    return runner
 
 
 def _model_name(ref: str, provenance: dict) -> str:
     return provenance.get("name") or Path(str(ref)).expanduser().resolve().name.removesuffix(".llmos")
 
 
-def export_model(ref: str | Path, fmt: str, out: str | Path, dtype: str = "f32") -> tuple[list[Path], list[str]]:
-    """Write model `ref` in format `fmt`; returns the paths written and warnings for the user."""
+def export_model(ref: str | Path, fmt: str, out: str | Path, dtype: str = "f32") -> list[Path]:
+    """Write model `ref` in format `fmt`; returns the paths written."""
     from llmos.engine import load_model
     if fmt not in FORMATS:
         raise LlmosError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -48,34 +52,36 @@ def export_model(ref: str | Path, fmt: str, out: str | Path, dtype: str = "f32")
     if fmt == "gguf":
         from llmos.interop.gguf_io import write_gguf
         name = _model_name(str(ref), info.get("provenance", {}))
-        return [write_gguf(out, model, tok, chat_template, dtype=dtype, name=name)], []
+        return [write_gguf(out, model, tok, chat_template, dtype=dtype, name=name)]
     if fmt == "hf":
         from llmos.interop.hf_io import write_hf_dir
-        return [write_hf_dir(out, model, tok, chat_template, dtype=dtype)], []
+        return [write_hf_dir(out, model, tok, chat_template, dtype=dtype)]
     params = out if out.suffix == ".llmos" else out / "model.llmos"
-    provenance = {**info.get("provenance", {}), "exported_from": str(ref)}
-    written = [save_params(params, model, tok, provenance=provenance, chat_template=chat_template,
-                           dtype=PARAMS_DTYPES[dtype])]
     runner = run_py_path()
-    if not runner.is_file():
-        return written, [f"run.py was not found at {runner} (this llmos installation has no standalone runner), "
-                         f"so only the params file was written; copy run.py next to it by hand"]
-    written.append(Path(shutil.copy2(runner, params.parent / "run.py")))
-    return written, []
+    provenance = {**info.get("provenance", {}), "exported_from": str(ref)}
+    save_params(params, model, tok, provenance=provenance, chat_template=chat_template, dtype=PARAMS_DTYPES[dtype])
+    with atomic_write(params.parent / "run.py") as f:
+        f.write(runner.read_bytes())
+    return [params, params.parent / "run.py"]
 
 
 def import_model(src: str | Path, out: str | Path, dtype: str = "f32") -> Path:
-    """A GGUF file or a Hugging Face Llama directory -> a llmos params file."""
+    """A GGUF file, a Hugging Face Llama directory or a named model -> a llmos params file."""
+    from llmos.interop.catalog import NAMED_MODELS, is_named_model, resolve_named_model
     if dtype not in PARAMS_DTYPES:
         raise LlmosError(f"--dtype {dtype} is not available for a params file: choose f32 or bf16")
-    src = Path(src).expanduser()
-    if src.is_dir():
+    path = Path(src).expanduser()
+    if path.is_dir():
         from llmos.interop.hf_io import read_hf_dir
-        model, tok, chat_template, provenance = read_hf_dir(src)
-    elif src.suffix.lower() == ".gguf" or src.is_file():
+        model, tok, chat_template, provenance = read_hf_dir(path)
+    elif path.is_file():
         from llmos.interop.gguf_io import read_gguf
-        model, tok, chat_template, provenance = read_gguf(src)
+        model, tok, chat_template, provenance = read_gguf(path)
+    elif is_named_model(str(src)):  # fetched and imported once into LLMOS_HOME/models, then copied out
+        model, tok, info = load_params(resolve_named_model(str(src)))
+        chat_template, provenance = info["chat_template"], info["provenance"]
     else:
-        raise LlmosError(f"nothing to import at {src}: give a .gguf file or a Hugging Face model directory")
+        raise LlmosError(f"nothing to import at {path}: give a .gguf file, a Hugging Face model directory "
+                         f"or a named model ({', '.join(NAMED_MODELS)})")
     return save_params(Path(out).expanduser(), model, tok, provenance=provenance, chat_template=chat_template,
                        dtype=PARAMS_DTYPES[dtype])

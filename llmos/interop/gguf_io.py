@@ -9,14 +9,17 @@ which regex splits text before BPE; llmos's GPT-4-style split is llama-3's, "lla
 Writing: dtype f32, f16, q8_0, q4_0 or q4_1 (matrices only; norms stay f32, and a matrix whose rows are not a
 multiple of 32 falls back to f16, as llama.cpp's converter does). Tied embeddings are written once
 as `token_embd.weight`: llama.cpp uses it for the output projection when `output.weight` is absent.
+The file is written under a temp name of its own beside the target and renamed when complete.
 Reading: any tensor type `gguf.quants.dequantize` knows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants
 ...) becomes float32; the q/k rows are put back in llmos's rotate-half order; the config comes from
-the metadata; the vocabulary becomes a Hugging Face `tokenizers` tokenizer.
+the metadata (each value type-checked) and is checked against the tensors' shapes before anything
+is dequantized or allocated; the vocabulary becomes a Hugging Face `tokenizers` tokenizer.
 """
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +27,10 @@ import torch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
-from llmos.common import LlmosError
+from llmos.common import LlmosError, os_error_message
 from llmos.interop.layout import (from_gguf_rope, gguf_name, llmos_name_from_gguf, load_weights,
                                   require_llama_compatible, rope_heads, to_gguf_rope)
-from llmos.model import ModelConfig, Transformer
+from llmos.model import ModelConfig, Transformer, check_weight_shapes
 from llmos.tokenizer import SPLIT_PATTERN, Tokenizer
 
 GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
@@ -100,13 +103,11 @@ def write_gguf(path: str | Path, model: Transformer, tok: Tokenizer, chat_templa
     pre = pre_tokenizer_name(tok.hf)
     tokens, types, merges = _vocab_tables(tok)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
                  "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[dtype]
 
-    w = gguf.GGUFWriter(str(tmp), "llama")
+    w = gguf.GGUFWriter(None, "llama")  # the file comes at the end, with a temp name of its own
     w.add_name(name)
     w.add_file_type(file_type)
     w.add_context_length(cfg.max_seq_len)
@@ -151,14 +152,25 @@ def write_gguf(path: str | Path, model: Transformer, tok: Tokenizer, chat_templa
             w.add_tensor(gguf_name(key), quantize(data, qtype), raw_dtype=qtype)
         else:
             w.add_tensor(gguf_name(key), np.ascontiguousarray(data, dtype=np.float16))
-    try:
-        w.write_header_to_file()
+    tmp = None
+    try:  # beside the target under a unique name, so two exports to one path cannot collide
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        w.write_header_to_file(Path(tmp))
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        raise LlmosError(f"could not write {os_error_message(e, path)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        w.close()
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -177,26 +189,59 @@ def _open(path: Path):
         raise LlmosError(f"{path} is not a readable GGUF file, or it is truncated ({type(e).__name__}: {e})") from None
 
 
-def _field(reader, key: str, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
+class _Metadata:
+    """A GGUF file's key-value metadata, each value checked for the type llmos uses it as."""
+
+    def __init__(self, reader, path: Path):
+        self.reader, self.path = reader, path
+
+    def get(self, key: str, default=None, kind: type = object, items: type | None = None):
+        """The value of `key` (`default` when absent): a `kind`, or with `items` a list of them."""
+        field = self.reader.fields.get(key)
+        if field is None:
+            return default
+        try:
+            value = field.contents()
+        except (UnicodeDecodeError, ValueError, IndexError) as e:
+            raise LlmosError(f"{self.path}: its metadata {key} is unreadable ({e}): the file is corrupt") from None
+        if items is not None:
+            expected = f"a list of {items.__name__}"
+            fits = isinstance(value, list) and all(isinstance(v, items) for v in value)
+        else:  # bool is an int to Python, but never a count here
+            expected = kind.__name__
+            fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not fits:
+            raise LlmosError(f"{self.path}: its metadata {key} is not {expected} ({str(value)[:60]!r}): "
+                             "the file is corrupt or was not written for llama.cpp")
+        return value
+
+    def need(self, key: str, what: str, **kind):
+        value = self.get(key, **kind)
+        if value is None:
+            raise LlmosError(f"{self.path} lacks {what} (the metadata key {key}): it cannot be imported")
+        return value
 
 
-def _tokenizer_from_gguf(reader, path: Path) -> tuple[HFTokenizer, dict]:
-    kind = _field(reader, "tokenizer.ggml.model")
+def _tokenizer_from_gguf(meta: _Metadata) -> tuple[HFTokenizer, dict]:
+    path = meta.path
+    kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
         raise LlmosError(f"{path} has a {kind!r} tokenizer; llmos imports GPT-2-style BPE ('gpt2') vocabularies only")
-    pre_name = _field(reader, "tokenizer.ggml.pre", "gpt2")
+    pre_name = meta.get("tokenizer.ggml.pre", "gpt2")
     if pre_name not in PRE_ALIASES:
         raise LlmosError(f"{path} uses llama.cpp's {pre_name!r} pre-tokenizer, which llmos cannot rebuild "
                          f"(known: {', '.join(sorted(PRE_ALIASES))})")
     pre = PRE_ALIASES[pre_name]
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
-    merges = _field(reader, "tokenizer.ggml.merges", [])
+    tokens = meta.need("tokenizer.ggml.tokens", "its vocabulary", items=str)
+    types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens), items=int)
+    merges = meta.get("tokenizer.ggml.merges", [], items=str)
+    if len(types) != len(tokens):
+        raise LlmosError(f"{path} has {len(types):,} token types for {len(tokens):,} tokens: the file is corrupt")
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    if any(len(pair) != 2 for pair in pairs):
+        raise LlmosError(f"{path} has a BPE merge that is not two tokens separated by a space: the file is corrupt")
     # llama.cpp takes a pre-token that is a whole vocabulary entry as is for llama-3 vocabularies.
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges],
-                     ignore_merges=pre == "llama-bpe")
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=pairs, ignore_merges=pre == "llama-bpe")
     hf = HFTokenizer(bpe)
     hf.pre_tokenizer = _pre_tokenizer(pre)
     hf.decoder = decoders.ByteLevel()
@@ -204,65 +249,72 @@ def _tokenizer_from_gguf(reader, path: Path) -> tuple[HFTokenizer, dict]:
     hf.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4])
 
     def token(key):
-        i = _field(reader, key)
+        i = meta.get(key, kind=int)
         return tokens[i] if i is not None and 0 <= i < len(tokens) else None
 
     bos, eos = token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
     # llama.cpp's default when the key is absent: llama-3 vocabularies add bos, GPT-2-style ones do not.
-    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", pre == "llama-bpe")) and bos is not None
+    add_bos = meta.get("tokenizer.ggml.add_bos_token", pre == "llama-bpe", kind=bool) and bos is not None
     if add_bos:  # so the tokenizer.json alone (e.g. exported to Hugging Face) also starts with bos
         hf.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                           special_tokens=[(bos, tokens.index(bos))])
     return hf, {"bos_token": bos, "eos_token": eos, "add_bos": add_bos}
 
 
-def _config_from_gguf(reader, path: Path, vocab_size: int, tie: bool) -> ModelConfig:
-    arch = _field(reader, "general.architecture")
+def _config_from_gguf(meta: _Metadata, vocab_size: int, tie: bool) -> ModelConfig:
+    path = meta.path
+    arch = meta.get("general.architecture")
     if arch != "llama":
         raise LlmosError(f"{path} is a {arch!r} model; llmos imports the 'llama' architecture only")
 
     def need(key):
-        value = _field(reader, f"llama.{key}")
-        if value is None:
-            raise LlmosError(f"{path} lacks the metadata key llama.{key}")
-        return value
+        return meta.need(f"llama.{key}", f"the model's {key.replace('_', ' ')}")
 
-    scaling = _field(reader, "llama.rope.scaling.type", "none")
+    scaling = meta.get("llama.rope.scaling.type", "none")
     if scaling not in ("none", None):
         raise LlmosError(f"{path} uses RoPE scaling {scaling!r}, which llmos's model does not implement")
-    d_model, n_heads = need("embedding_length"), need("attention.head_count")
-    head_dim = _field(reader, "llama.attention.key_length", d_model // n_heads)
-    if _field(reader, "llama.rope.dimension_count", head_dim) != head_dim:
+    n_heads = need("attention.head_count")
+    # The sizes go to ModelConfig as found: it refuses wrong types and values, naming the file.
+    cfg = ModelConfig.from_dict(dict(
+        vocab_size=vocab_size, d_model=need("embedding_length"), n_layers=need("block_count"), n_heads=n_heads,
+        n_kv_heads=meta.get("llama.attention.head_count_kv", n_heads),
+        head_dim=meta.get("llama.attention.key_length", 0), d_ff=need("feed_forward_length"),
+        max_seq_len=need("context_length"), rope_theta=meta.get("llama.rope.freq_base", 10000.0),
+        norm_eps=need("attention.layer_norm_rms_epsilon"), tie_embeddings=tie), source=str(path))
+    if meta.get("llama.rope.dimension_count", cfg.head_dim) != cfg.head_dim:
         raise LlmosError(f"{path} rotates only part of each head (partial RoPE), which llmos does not implement")
-    return ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layers=need("block_count"), n_heads=n_heads,
-                       n_kv_heads=_field(reader, "llama.attention.head_count_kv", n_heads), head_dim=head_dim,
-                       d_ff=need("feed_forward_length"), max_seq_len=need("context_length"),
-                       rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-                       norm_eps=float(need("attention.layer_norm_rms_epsilon")), tie_embeddings=tie)
+    return cfg
 
 
 def read_gguf(path: str | Path) -> tuple[Transformer, Tokenizer, str, dict]:
-    """A Llama GGUF as (model, tokenizer, chat template, provenance); weights dequantized to float32."""
+    """A Llama GGUF as (model, tokenizer, chat template, provenance); weights dequantized to float32.
+    The config is checked against the tensors' shapes before any weight is dequantized or allocated."""
     from gguf.quants import dequantize
     path = Path(path)
     reader = _open(path)
-    hf, roles = _tokenizer_from_gguf(reader, path)
-    names = {t.name for t in reader.tensors}
-    cfg = _config_from_gguf(reader, path, hf.get_vocab_size(), tie="output.weight" not in names)
-    state = {}
+    meta = _Metadata(reader, path)
+    hf, roles = _tokenizer_from_gguf(meta)
+    tensors = {}
     for t in reader.tensors:
         key = llmos_name_from_gguf(t.name)
         if key is None:
             raise LlmosError(f"{path} has a tensor llmos's Llama model has no place for: {t.name}")
+        tensors[key] = t
+    cfg = _config_from_gguf(meta, hf.get_vocab_size(), tie="lm_head.weight" not in tensors)
+    # GGUF lists dimensions fastest-varying first, the reverse of torch's order
+    check_weight_shapes(cfg, {key: tuple(reversed(t.shape.tolist())) for key, t in tensors.items()}, str(path))
+    state = {}
+    for key, t in tensors.items():
         try:
             data = dequantize(t.data, t.tensor_type)
-        except NotImplementedError:
-            raise LlmosError(f"{path}: tensor {t.name} is {t.tensor_type.name}, which gguf cannot dequantize") from None
+        except NotImplementedError:  # gguf's answer for a type it has no dequantizer for (I32, F64, Q8_1, ...)
+            raise LlmosError(f"{path}: tensor {t.name} is {t.tensor_type.name}, which gguf cannot dequantize: "
+                             "convert the model to F16, Q8_0 or Q4_0 first") from None
         if heads := rope_heads(key, cfg):
             data = from_gguf_rope(data, heads)
         state[key] = torch.from_numpy(np.array(data, dtype=np.float32))  # a copy: the file is memory-mapped
-    model = load_weights(cfg, state, str(path))
+    model = load_weights(cfg, state)
     tok = Tokenizer(hf, **roles)
-    provenance = {"source": "gguf", "file": path.name, "name": _field(reader, "general.name", path.stem),
-                  "license": _field(reader, "general.license", ""), "tokenizer_roles": roles}
-    return model.eval(), tok, _field(reader, "tokenizer.chat_template", "") or "", provenance
+    provenance = {"source": "gguf", "file": path.name, "name": meta.get("general.name", path.stem, kind=str),
+                  "license": meta.get("general.license", "", kind=str), "tokenizer_roles": roles}
+    return model.eval(), tok, meta.get("tokenizer.chat_template", "", kind=str), provenance
