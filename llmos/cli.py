@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmos.common import LlmosError
+from llmos.common import LlmosError, os_error_message
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -59,12 +59,15 @@ def dataclass_from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int, temperature: float, top_k: int) -> None:
-    parser.add_argument("--max-tokens", type=int, default=max_tokens, help="tokens to generate at most (per reply)")
+def add_sampling_args(parser: argparse.ArgumentParser, max_tokens_help: str, temperature: float, top_k: int) -> None:
+    parser.add_argument("--max-tokens", type=int, default=None, help=max_tokens_help)
     parser.add_argument("--temperature", type=float, default=temperature, help="0: greedy")
     parser.add_argument("--top-k", type=int, default=top_k, help="sample among the k likeliest tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=0.95, help="sample within the smallest set of this probability (1: off)")
     parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible (chat: every reply)")
+
+
+GENERATE_TOKENS = 200  # `llmos generate`'s default length, when the context has room for it
 
 
 # ----- verbs -----
@@ -83,7 +86,7 @@ def cmd_data_prepare(args):
     sources = args.sources.split(",") if args.sources else None
     t = time.time()
     manifest = prepare(out, sources=sources, from_patterns=args.from_patterns, val_fraction=args.val_fraction,
-                       seed=args.seed)
+                       seed=args.seed, strict=args.strict)
     print(f"corpus in {out}: {manifest['train']['documents']:,} train / {manifest['val']['documents']:,} val "
           f"documents, {manifest['bytes'] / 1e6:.1f} MB ({time.time() - t:.0f} s)")
 
@@ -121,7 +124,7 @@ def cmd_pretrain(args):
     from llmos.train.loop import TrainConfig
     from llmos.train.pretrain import DataArgs, ModelArgs, pretrain
     result = pretrain(dataclass_from_args(ModelArgs, args), dataclass_from_args(TrainConfig, args),
-                      dataclass_from_args(DataArgs, args), resume=args.resume)
+                      dataclass_from_args(DataArgs, args), resume=args.resume, dry_run=args.dry_run)
     if "val_bpb" in result:
         print(f"done: step {result['step']}, validation loss {result['val_loss']:.4f}, "
               f"{result['val_bpb']:.4f} bits/byte; run in {result['run_dir']}")
@@ -130,8 +133,9 @@ def cmd_pretrain(args):
 def cmd_sft(args):
     from llmos.train.loop import TrainConfig
     from llmos.train.sft import SFTArgs, sft
-    result = sft(dataclass_from_args(SFTArgs, args), dataclass_from_args(TrainConfig, args), resume=args.resume)
-    if not result["interrupted"]:
+    result = sft(dataclass_from_args(SFTArgs, args), dataclass_from_args(TrainConfig, args), resume=args.resume,
+                 dry_run=args.dry_run)
+    if not result.get("dry_run") and not result["interrupted"]:
         loss = f", held-out conversation loss {result['val_loss']:.4f}" if "val_loss" in result else ""
         print(f"done: step {result['step']} on {result['conversations']:,} conversations{loss}; "
               f"chat with it: llmos chat --model {result['run_dir']}")
@@ -151,12 +155,14 @@ def cmd_generate(args):
     from llmos.engine import generate, load_model, stream_text
     model, tok, _ = load_model(args.model)
     ids = tok.encode(args.prompt, bos=True)
+    max_tokens = args.max_tokens if args.max_tokens is not None else \
+        max(1, min(GENERATE_TOKENS, model.cfg.max_seq_len - len(ids)))
     t = time.time()
     n = 0
 
     def counted():
         nonlocal n
-        for token_id in generate(model, ids, args.max_tokens, args.temperature, args.top_k, args.top_p,
+        for token_id in generate(model, ids, max_tokens, args.temperature, args.top_k, args.top_p,
                                  args.seed, stop_ids=tok.stop_ids):
             n += 1
             yield token_id
@@ -164,7 +170,8 @@ def cmd_generate(args):
     print(args.prompt, end="", flush=True)
     for piece in stream_text(tok, counted()):
         print(piece, end="", flush=True)
-    print(f"\n[{n} tokens, {n / max(time.time() - t, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    print()  # the text ends with a newline on stdout; the figures go to stderr
+    print(f"[{n} tokens, {n / max(time.time() - t, 1e-9):.1f} tokens/s]", file=sys.stderr)
 
 
 def cmd_chat(args):
@@ -176,11 +183,8 @@ def cmd_chat(args):
 def cmd_export(args):
     from llmos.interop.convert import export_model
     t = time.time()
-    written, warnings = export_model(args.model, args.format, args.out, dtype=args.dtype)
-    for path in written:
+    for path in export_model(args.model, args.format, args.out, dtype=args.dtype):
         print(f"wrote {path}")
-    for warning in warnings:
-        print(f"llmos export: warning: {warning}", file=sys.stderr)
     print(f"[{time.time() - t:.1f} s]", file=sys.stderr)
 
 
@@ -192,8 +196,11 @@ def cmd_import(args):
 
 
 def cmd_speedrun(args):
-    from llmos.speedrun import run_speedrun
-    run_speedrun(args.preset, out=args.out, data=args.data, steps=args.steps, fresh=args.fresh)
+    from llmos.speedrun import dry_run, run_speedrun
+    if args.dry_run:
+        dry_run(args.preset, steps=args.steps, minutes=args.minutes)
+        return
+    run_speedrun(args.preset, out=args.out, data=args.data, steps=args.steps, fresh=args.fresh, minutes=args.minutes)
 
 
 def cmd_scaling_sweep(args):
@@ -253,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="corpus directory (default: LLMOS_HOME/data/default)")
     p.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out for validation")
     p.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first bad line or file of --from input (default: report it and skip it)")
     p.set_defaults(func=cmd_data_prepare)
 
     tokenizer = verbs.add_parser("tokenizer", help="train and use the BPE tokenizer").add_subparsers(dest="action", required=True)
@@ -277,12 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, TrainConfig, "training")
     add_dataclass_args(p, DataArgs, "data and output")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="time a few steps here (compilation included), print the plan, write nothing")
     p.set_defaults(func=cmd_pretrain)
 
     p = verbs.add_parser("sft", help="fine-tune a model on conversations (full or LoRA)", formatter_class=fmt)
     add_dataclass_args(p, SFTArgs, "fine-tuning")
     add_dataclass_args(p, TrainConfig, "training", defaults=sft_train_config())
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="time a few steps here (compilation included), print the plan, write nothing under --out")
     p.set_defaults(func=cmd_sft)
 
     p = verbs.add_parser("eval", help="score an assistant on held-out conversations and tasks (vs its base)",
@@ -297,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("generate", help="sample text from a model", formatter_class=fmt)
     p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
     p.add_argument("--prompt", default="", help="text to continue (empty: start from bos)")
-    add_sampling_args(p, max_tokens=200, temperature=0.8, top_k=0)
+    add_sampling_args(p, f"tokens to generate at most (default: {GENERATE_TOKENS}, or what the model's "
+                         "context leaves after the prompt if less)", temperature=0.8, top_k=0)
     p.set_defaults(func=cmd_generate)
 
     p = verbs.add_parser("chat", help="talk with a model in the terminal (/help inside lists the commands)",
@@ -306,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="", help="system prompt")
     p.add_argument("-p", "--prompt", default=None, metavar="TEXT",
                    help="answer TEXT once (- reads it from stdin), print only the reply and exit")
-    add_sampling_args(p, max_tokens=256, temperature=0.7, top_k=50)
+    add_sampling_args(p, "tokens per reply at most (default: what the model's context leaves; the oldest "
+                         "exchanges drop to keep a quarter of it, at most 512, for the reply)",
+                      temperature=0.7, top_k=50)
     p.set_defaults(func=cmd_chat)
 
     p = verbs.add_parser("export", help="write a model for llama.cpp (gguf), Hugging Face (hf) or as params file + run.py",
@@ -319,19 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="gguf: the .gguf file; hf: a directory; llmos: a directory or .llmos file")
     p.set_defaults(func=cmd_export)
 
-    p = verbs.add_parser("import", help="turn a GGUF file or a Hugging Face Llama directory into a params file",
-                         formatter_class=fmt)
-    p.add_argument("src", help="a .gguf file or a Hugging Face model directory (config.json, safetensors, tokenizer.json)")
+    p = verbs.add_parser("import", help="turn a GGUF file, a Hugging Face Llama directory or a named model into a "
+                                        "params file", formatter_class=fmt)
+    p.add_argument("src", help="a .gguf file, a Hugging Face model directory (config.json, safetensors, "
+                               "tokenizer.json) or a named model (smollm2-135m-instruct)")
     p.add_argument("--out", required=True, help="the params file to write (MODEL.llmos)")
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="weights of the params file")
     p.set_defaults(func=cmd_import)
 
     p = verbs.add_parser("speedrun", help="the whole pipeline in one go, with a report", formatter_class=fmt)
-    p.add_argument("--preset", default="cpu", help="cpu | gpu | tiny")
+    p.add_argument("--preset", default="cpu", help="cpu (make demo) | cpu-full (every stage) | gpu | tiny (tests)")
     p.add_argument("--out", default="", help="run directory (default: LLMOS_HOME/runs/speedrun-PRESET)")
     p.add_argument("--data", default="", help="a prepared corpus to use instead of the default one")
-    p.add_argument("--steps", type=int, default=0, help="override the preset's training steps")
-    p.add_argument("--fresh", action="store_true", help="start over instead of resuming the run directory")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="wall-clock budget for the whole speedrun (0: the preset's; cpu 22, cpu-full 90)")
+    p.add_argument("--steps", type=int, default=0, help="fixed pretraining steps instead of a time budget")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: delete what an earlier speedrun wrote in the run directory")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the machine, the stage budgets and a pretraining plan timed here; write nothing")
     p.set_defaults(func=cmd_speedrun)
 
     scaling = verbs.add_parser("scaling", help="measure a scaling law and plan a run with it").add_subparsers(dest="action", required=True)
@@ -375,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except LlmosError as e:
         print(f"llmos {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only directory, a missing permission: name the path
+        print(f"llmos {args.verb}: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -1,13 +1,39 @@
 """Plots and the run report: metrics.jsonl -> loss.png, and a markdown report.md from sections.
 
+    records = read_metrics(run / "metrics.jsonl")    # survives a last line torn by a kill
     plot_metrics(run / "metrics.jsonl", run / "loss.png")
     write_report(run / "report.md", "llmos speedrun", [("Config", "..."), ("Losses", "...")])
 """
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
-from llmos.common import atomic_write, read_jsonl
+from llmos.common import LlmosError, atomic_write, os_error_message
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl. A last line cut short (a kill or a full disk mid-write) is
+    dropped with a warning; a bad line before it is an error naming it."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except OSError as e:
+        raise LlmosError(f"could not read {os_error_message(e, path)}") from None
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if any(rest.strip() for rest in lines[lineno:]):
+                raise LlmosError(f"{path}:{lineno} is not a JSON line: the metrics file was damaged; "
+                                 "delete the line (or the file) and run again") from None
+            print(f"warning: {path}:{lineno}: dropped a line cut short (the run was killed mid-write)",
+                  file=sys.stderr)
+    return records
 
 
 def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> Path | None:
@@ -15,7 +41,7 @@ def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(read_jsonl(metrics_path)) if Path(metrics_path).is_file() else []
+    rows = read_metrics(metrics_path) if Path(metrics_path).is_file() else []
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     if not train:

@@ -46,10 +46,9 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from llmos.common import LlmosError, atomic_write, llmos_home, read_jsonl, write_json
-from llmos.model import ModelConfig, Transformer
+from llmos.model import ModelConfig, count_params, flops_per_token
 from llmos.report import markdown_table, write_report
 from llmos.scaling_fit import CHINCHILLA, HUBER_DELTA, Law, bootstrap, fit_isoflop, fit_law, isoflop_exponent
 from llmos.train.loop import TrainConfig
@@ -138,12 +137,11 @@ def parse_sizes(text: str) -> list[Size]:
 
 @cache
 def model_size(size: Size, vocab_size: int, seq_len: int) -> tuple[float, int, int]:
-    """(N = flops_per_token / 6, total parameters, flops per token), counted on the meta device so
-    that even large models cost no memory."""
-    with torch.device("meta"):
-        model = Transformer(size.config(vocab_size, seq_len))
-    fpt = model.flops_per_token(seq_len)
-    return fpt / 6, model.num_params(), fpt
+    """(N = flops_per_token / 6, total parameters, flops per token), counted from the config, so
+    that even the huge sizes an extrapolation asks about cost nothing."""
+    cfg = size.config(vocab_size, seq_len)
+    fpt = flops_per_token(cfg, seq_len)
+    return fpt / 6, count_params(cfg), fpt
 
 
 def nearest_size(n: float, vocab_size: int, seq_len: int) -> Size:

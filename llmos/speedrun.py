@@ -1,12 +1,28 @@
 """The speedrun: the whole pipeline as a sequence of stages, ending in a run directory with a report.
 
-    llmos speedrun --preset cpu        # ~20 minutes on a 2-core laptop CPU (`make demo`)
+    llmos speedrun --preset cpu                # `make demo`: 22 minutes on any 2-core x86 CPU
+    llmos speedrun --preset cpu --minutes 40   # the same pipeline, more steps
+    llmos speedrun --preset cpu --dry-run      # the machine, the stage budgets, a measured pretraining plan
+    llmos speedrun --preset cpu-full           # every stage (later issues add RL, tools, safety): 90 minutes
 
 Stages: data (prepare the default corpus) -> tokenizer -> pretrain -> sample -> sft (fine-tune the
 base on the default conversation mixture) -> eval (base vs SFT on held-out tasks) -> report. Each stage
 records its result and wall time in `stages.json`; rerunning the same command skips finished
 stages and resumes training from its latest checkpoint (`--fresh` starts over). Later stages
 (RLHF, tools, ...) append to STAGES.
+
+**Time, not steps.** A preset with `minutes` is a wall-clock budget for the whole command: each
+training stage gets a budget of its own when it starts, and plans its step count to it from the
+throughput it measures (llmos/train/budget.py), so a faster CPU buys more steps, not less time. When
+pretraining starts, what is left after the finished stages and an allowance for the short stages
+after it (`tail_s`) is split `pretrain_share` : the rest between pretraining and fine-tuning; when
+fine-tuning starts it takes whatever is left but the evaluation's and report's allowance, so an
+earlier stage that ran long or short moves the difference into fine-tuning. An interrupted run
+keeps each stage's budget (it travels in the checkpoints) and charges the time already spent.
+`--steps N` trains fixed steps instead (and the fine-tuning its preset epochs).
+
+The run directory carries a marker file: `--fresh` deletes only a directory that has it, and only
+what the speedrun writes there; a directory that holds anything else is refused as `--out`.
 """
 from __future__ import annotations
 
@@ -17,12 +33,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from llmos.common import LlmosError, llmos_home, write_json
+import torch
+
+from llmos.common import LlmosError, llmos_home, read_json, write_json
 from llmos.eval.assistant import EvalArgs
+from llmos.perf import describe_machine, machine
 from llmos.report import markdown_table, write_report
-from llmos.train.loop import TrainConfig
+from llmos.train.loop import TrainConfig, read_metrics, run_dir_lock
 from llmos.train.pretrain import DataArgs, ModelArgs
 from llmos.train.sft import SFTArgs, sft_train_config
+
+MARKER = ".llmos-speedrun"
+# Everything a speedrun writes in its directory: what --fresh may delete.
+OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "report.md", "loss.png")
 
 
 @dataclass
@@ -35,14 +58,18 @@ class Preset:
     sample_prompts: list[str] = field(default_factory=lambda: ["The", "In 1905,", "def main():", "KING HENRY:"])
     sample_tokens: int = 96
     eval: EvalArgs = field(default_factory=EvalArgs)
+    minutes: float = 0.0  # wall-clock budget of the whole speedrun; 0: the fixed steps of `train` and `sft_args`
+    pretrain_share: float = 0.6  # of the training time left when pretraining starts
+    tail_s: dict = field(default_factory=lambda: {"sample": 15.0, "eval": 120.0, "report": 10.0})
 
 
 PRESETS = {
-    # 4.3M params, 5.3M tokens: ~12 minutes of compiled bf16 pretraining on 2 cores, then ~6 of SFT.
+    # 4.3M params; pretraining then fine-tuning in a 22-minute budget (make demo: about 24 with the
+    # install): ~2.5M pretraining tokens on an AVX2-only 2-core EPYC, ~5M with AVX512-BF16.
     "cpu": Preset(4096, ModelArgs(depth=4),
-                  TrainConfig(steps=1300, batch_size=16, seq_len=256, warmup_steps=100, eval_every=325,
-                              eval_tokens=131072, sample_every=650, ckpt_every=250, log_every=10),
-                  sft=sft_train_config(lr=3e-3)),
+                  TrainConfig(steps=1300, batch_size=16, seq_len=256, warmup_steps=100, eval_every=250,
+                              eval_tokens=131072, sample_every=500, ckpt_every=200, log_every=10),
+                  sft=sft_train_config(lr=3e-3), minutes=22.0),
     # A GPU-sized base model (~100M params) for one H100 / H200 or torchrun across several.
     "gpu": Preset(32768, ModelArgs(depth=12),
                   TrainConfig(steps=5000, batch_size=32, seq_len=1024, warmup_steps=200, eval_every=500,
@@ -55,6 +82,9 @@ PRESETS = {
                                         sample_every=20, ckpt_every=10, log_every=5, compile=False),
                    sample_tokens=16, eval=EvalArgs(max_tokens=16, skills=8, chitchat=4, loss_conversations=32)),
 }
+# The whole pipeline: the cpu preset's stages with a budget of its own; the later capabilities (RL,
+# tools, safety) add their stages to it, and its report carries every capability's figures.
+PRESETS["cpu-full"] = replace(PRESETS["cpu"], minutes=90.0)
 
 
 @dataclass
@@ -67,6 +97,23 @@ class Context:
 
     def done(self, stage: str) -> dict:
         return self.status.get(stage, {})
+
+    def spent(self) -> float:
+        """Seconds the finished stages took (in this invocation and earlier ones)."""
+        return sum(info["seconds"] for info in self.status.values())
+
+    def minutes_for(self, stage: str) -> float:
+        """A training stage's budget when it starts (see the module docstring); 0 for fixed steps."""
+        p = self.preset
+        if not p.minutes:
+            return 0.0
+        tail = sum(p.tail_s.values())
+        left = p.minutes * 60 - self.spent()
+        seconds = p.pretrain_share * (left - tail) if stage == "pretrain" else left - p.tail_s["eval"] - p.tail_s["report"]
+        if seconds < 60:
+            raise LlmosError(f"the {p.minutes:g}-minute budget leaves {max(seconds, 0):.0f} s for {stage}: "
+                             "give the speedrun more --minutes")
+        return seconds / 60
 
 
 def stage_data(ctx: Context) -> dict:
@@ -86,7 +133,8 @@ def stage_tokenizer(ctx: Context) -> dict:
 def stage_pretrain(ctx: Context) -> dict:
     from llmos.train.pretrain import pretrain
     resume = any((ctx.run_dir / "base" / "checkpoints").glob("step_*.pt"))
-    result = pretrain(ctx.preset.model, ctx.preset.train,
+    train = replace(ctx.preset.train, minutes=ctx.minutes_for("pretrain"))  # a resumed run keeps its own
+    result = pretrain(ctx.preset.model, train,
                       DataArgs(data=str(ctx.data_dir), tokenizer=str(ctx.run_dir / "tokenizer.json"),
                                out=str(ctx.run_dir / "base")), resume=resume)
     if result["interrupted"]:
@@ -110,7 +158,7 @@ def stage_sft(ctx: Context) -> dict:
     out = ctx.run_dir / "sft"
     resume = any((out / "checkpoints").glob("step_*.pt"))
     args = replace(ctx.preset.sft_args, model=str(ctx.run_dir / "base"), corpus=str(ctx.data_dir), out=str(out))
-    result = sft(args, replace(ctx.preset.sft), resume=resume)
+    result = sft(args, replace(ctx.preset.sft, minutes=ctx.minutes_for("sft")), resume=resume)
     if result["interrupted"]:
         raise LlmosError(f"fine-tuning was interrupted at step {result['step']}: run the speedrun again to resume")
     return result
@@ -125,20 +173,19 @@ def stage_eval(ctx: Context) -> dict:
 
 def stage_report(ctx: Context) -> dict:
     base = ctx.run_dir / "base"
-    config = json.loads((base / "config.json").read_text())
-    metrics = [json.loads(line) for line in (base / "metrics.jsonl").read_text().splitlines() if line]
-    manifest = json.loads((ctx.data_dir / "manifest.json").read_text())
+    config = read_json(base / "config.json", "the base model's config")
+    metrics = read_metrics(base / "metrics.jsonl")
+    manifest = read_json(ctx.data_dir / "manifest.json", "the corpus manifest")
     evals = [m for m in metrics if "val_loss" in m]
     train = [m for m in metrics if "loss" in m]
     steady = train[len(train) // 4:]  # past the compile warm-up
     median = lambda key: sorted(m[key] for m in steady)[len(steady) // 2]
-    timings = [[name, f"{info['seconds']:.0f}"] for name, info in ctx.status.items()]
-    timings.append(["total so far", f"{sum(info['seconds'] for info in ctx.status.values()):.0f}"])
     pre = ctx.done("pretrain")
     sections = [
         ("Result", f"Held-out **{pre['val_bpb']:.4f} bits per byte** (validation loss {pre['val_loss']:.4f} "
                    f"nats/token) after {pre['step']} steps; model `{base / 'model.llmos'}`.\n\n"
                    "![loss curve](base/loss.png)"),
+        ("Machine and time", machine_section(ctx)),
         ("Config", f"Preset `{ctx.preset_name}`: {config['params']:,} parameters, "
                    f"{config['flops_per_token'] / 1e6:.1f} MFLOP/token.\n\n```json\n"
                    + json.dumps({"model": config["model"], "train": config["train"]}, indent=1) + "\n```"),
@@ -150,26 +197,44 @@ def stage_report(ctx: Context) -> dict:
         ("Losses", markdown_table(["step", "val loss", "val bits/byte"],
                                   [[m["step"], f"{m['val_loss']:.4f}", f"{m['val_bpb']:.4f}"] for m in evals])),
         ("Throughput", f"Median {median('tok_per_s'):,.0f} tokens/s, MFU {median('mfu'):.1%} (against a "
-                       "matmul peak in the training dtype, measured at the start of training)."
-                       if steady else "No training steps logged."),
+                       f"matmul peak in the training dtype, {pre.get('dtype', 'fp32')}, measured at the start "
+                       "of training)." if steady else "No training steps logged."),
         ("Samples", "\n\n".join(f"```\n{s['text']}\n```" for s in ctx.done("sample")["samples"])),
         ("Assistant (SFT)", sft_section(ctx)),
-        ("Timings (seconds)", markdown_table(["stage", "seconds"], timings)),
     ]
     write_report(ctx.run_dir / "report.md", f"llmos speedrun ({ctx.preset_name})", sections)
     shutil.copy(base / "loss.png", ctx.run_dir / "loss.png")
     return {"report": str(ctx.run_dir / "report.md")}
 
 
+def machine_section(ctx: Context) -> str:
+    """The machine, the dtypes, and each stage's budget against the time it took."""
+    rows = []
+    for name, result in ctx.status.items():
+        plan = result.get("plan", {})
+        budget = f"{plan['budget_s']:.0f}" if plan else ""
+        steps = f"{plan['planned_steps']:,} planned, {result['step']:,} run" if plan else \
+            (f"{result['step']:,} (fixed)" if "step" in result else "")
+        rows.append([name, budget, f"{result['seconds']:.0f}", steps])
+    total = ctx.spent()
+    budget = f"{ctx.preset.minutes * 60:.0f}" if ctx.preset.minutes else ""
+    rows.append(["**total** (report excluded)", budget, f"{total:.0f}", ""])
+    dtypes = ", ".join(f"{stage} {ctx.done(stage)['dtype']}" for stage in ("pretrain", "sft") if "dtype" in ctx.done(stage))
+    return (f"{describe_machine()}; compute dtype: {dtypes or 'fp32'}.\n\n"
+            + (f"Budget {ctx.preset.minutes:g} minutes for the whole speedrun; " if ctx.preset.minutes else
+               "Fixed step counts; ")
+            + f"spent {total / 60:.1f} minutes before the report. Seconds per stage:\n\n"
+            + markdown_table(["stage", "budget (s)", "actual (s)", "steps"], rows))
+
+
 def sft_section(ctx: Context) -> str:
     """The fine-tuning figures: data, loss before/after, the evaluation table base vs SFT, sample chats."""
     from llmos.eval.assistant import results_table
     sft_dir = ctx.run_dir / "sft"
-    config = json.loads((sft_dir / "config.json").read_text())
-    mixture = json.loads((sft_dir / "data" / "manifest.json").read_text())
-    losses = [json.loads(line)["val_loss"] for line in (sft_dir / "metrics.jsonl").read_text().splitlines()
-              if line and "val_loss" in line]
-    evaluated = json.loads((ctx.run_dir / "eval.json").read_text())
+    config = read_json(sft_dir / "config.json", "the fine-tuned model's config")
+    mixture = read_json(sft_dir / "data" / "manifest.json", "the conversation mixture's manifest")
+    losses = [m["val_loss"] for m in read_metrics(sft_dir / "metrics.jsonl") if "val_loss" in m]
+    evaluated = read_json(ctx.run_dir / "eval.json", "the evaluation results")
     chats = [item for item in evaluated["sft"]["items"] if item["task"] != "skills"][:3] + \
         [item for item in evaluated["sft"]["items"] if item["task"] == "skills"][:1]
     return "\n\n".join([
@@ -196,23 +261,67 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
 ]
 
 
-def run_speedrun(preset: str, out: str = "", data: str = "", steps: int = 0, fresh: bool = False) -> Path:
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse an --out that is a file, or a directory holding anything but a speedrun."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LlmosError(f"--out {run_dir} is a file, not a directory")
+    if run_dir.is_dir() and not (run_dir / MARKER).exists() and not (run_dir / "stages.json").is_file():
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock")  # stages.json: an older llmos's
+        if others:
+            raise LlmosError(f"--out {run_dir} is not a speedrun directory and is not empty (it holds "
+                             f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}): choose a new or "
+                             "empty directory")
+
+
+def claim_run_dir(run_dir: Path, fresh: bool) -> None:
+    """Make run_dir a speedrun directory; `fresh` deletes what an earlier speedrun wrote there, nothing else."""
+    check_run_dir(run_dir)
+    if fresh:
+        for name in OWNED:
+            path = run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MARKER).touch()
+
+
+def resolve_preset(preset: str, steps: int = 0, minutes: float = 0.0) -> Preset:
     if preset not in PRESETS:
         raise LlmosError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    if steps and minutes:
+        raise LlmosError("give --steps (fixed) or --minutes (a budget), not both")
+    if minutes < 0:
+        raise LlmosError(f"--minutes must be positive, not {minutes}")
     chosen = PRESETS[preset]
     if steps:
-        chosen = replace(chosen, train=replace(chosen.train, steps=steps))
+        chosen = replace(chosen, train=replace(chosen.train, steps=steps), minutes=0.0)
+    elif minutes:
+        chosen = replace(chosen, minutes=minutes)
+    return chosen
+
+
+def run_speedrun(preset: str, out: str = "", data: str = "", steps: int = 0, fresh: bool = False,
+                 minutes: float = 0.0) -> Path:
+    chosen = resolve_preset(preset, steps, minutes)
     run_dir = Path(out).expanduser() if out else llmos_home() / "runs" / f"speedrun-{preset}"
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir)  # before the lock file is made in it
+    with run_dir_lock(run_dir):
+        claim_run_dir(run_dir, fresh)
+        return _run(preset, chosen, run_dir, data)
+
+
+def _run(preset: str, chosen: Preset, run_dir: Path, data: str) -> Path:
     status_path = run_dir / "stages.json"
-    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    status = read_json(status_path, "the speedrun's stage record") if status_path.is_file() else {}
     from llmos.data.corpus import default_corpus_dir
     ctx = Context(preset, chosen, run_dir, Path(data).expanduser() if data else default_corpus_dir(), status)
     if data:
         status.setdefault("data", {"corpus": str(ctx.data_dir), "seconds": 0.0})
-    write_json(run_dir / "preset.json", {"preset": preset, **asdict(chosen)})
+    write_json(run_dir / "preset.json", {"preset": preset, **asdict(chosen), "machine": machine()})
+    print(f"[speedrun] {describe_machine()}"
+          + (f"; budget {chosen.minutes:g} minutes" if chosen.minutes else "; fixed steps"), flush=True)
     for name, fn in STAGES:
         if name in status and name != "report":
             print(f"[speedrun] {name}: done earlier, skipping")
@@ -224,7 +333,49 @@ def run_speedrun(preset: str, out: str = "", data: str = "", steps: int = 0, fre
         write_json(status_path, status)
         print(f"[speedrun] {name}: {status[name]['seconds']:.0f} s", flush=True)
     pre = status["pretrain"]
+    spent = ctx.spent()
     print(f"\nheld-out bits per byte: {pre['val_bpb']:.4f} (val loss {pre['val_loss']:.4f})")
+    print(f"time: {spent / 60:.1f} minutes" + (f" of a {chosen.minutes:g}-minute budget" if chosen.minutes else ""))
     print(f"report: {run_dir / 'report.md'}\nchat with it: llmos chat --model {run_dir}\n"
           f"sample the base model: llmos generate --model {run_dir / 'base'} --prompt 'The'")
     return run_dir
+
+
+class RandomTokens:
+    """Batches of random token ids with the loader interface: throughput does not depend on the text,
+    so a dry run can time steps before any corpus exists."""
+
+    def __init__(self, vocab_size: int, batch_size: int, seq_len: int):
+        self.vocab_size, self.batch_size, self.seq_len = vocab_size, batch_size, seq_len
+        self.generator = torch.Generator().manual_seed(0)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.randint(self.vocab_size, (self.batch_size, self.seq_len + 1), generator=self.generator)
+        return rows[:, :-1], rows[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def dry_run(preset: str, steps: int = 0, minutes: float = 0.0) -> dict:
+    """The machine, each stage's budget as the speedrun would start it, and a pretraining plan from
+    steps timed here on random tokens (compilation included). Nothing is written."""
+    from llmos.model import Transformer
+    from llmos.train.loop import Trainer
+    chosen = resolve_preset(preset, steps, minutes)
+    ctx = Context(preset, chosen, Path("."), Path("."), {})
+    pretrain_minutes = ctx.minutes_for("pretrain")
+    train = replace(chosen.train, minutes=pretrain_minutes)
+    model = Transformer(chosen.model.build(chosen.vocab_size, train.seq_len))
+    trainer = Trainer(model, train, Path("."), RandomTokens(chosen.vocab_size, train.batch_size, train.seq_len),
+                      eval_tokens=train.eval_tokens)
+    if chosen.minutes:
+        left = chosen.minutes * 60 - pretrain_minutes * 60 - sum(chosen.tail_s.values())
+        print(f"speedrun {preset}: budget {chosen.minutes:g} minutes: pretraining {pretrain_minutes:.1f}, then "
+              f"fine-tuning whatever is left (about {left / 60:.1f}), allowances "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in chosen.tail_s.items())
+              + "; the data and tokenizer stages come first and are charged as they take")
+    return trainer.dry_run(f"the {preset} speedrun's pretraining ({model.num_params():,} parameters)")

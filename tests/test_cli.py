@@ -6,6 +6,7 @@ import pytest
 
 from conftest import llmos_cmd, subprocess_env
 from llmos.cli import main
+from llmos.engine import generate, load_model
 
 VERBS = [["data", "list"], ["data", "prepare"], ["tokenizer", "train"], ["tokenizer", "encode"],
          ["tokenizer", "stats"], ["pretrain"], ["generate"], ["sft"], ["chat"], ["eval"], ["speedrun"], ["export"],
@@ -41,7 +42,7 @@ def test_tiny_speedrun_end_to_end(corpus_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "held-out bits per byte" in done.stdout
     report = (run / "report.md").read_text()
-    for section in ("## Result", "## Data", "## Losses", "## Samples", "## Assistant (SFT)", "## Timings"):
+    for section in ("## Result", "## Machine and time", "## Data", "## Losses", "## Samples", "## Assistant (SFT)"):
         assert section in report
     assert "| identity (n=" in report and "| format (n=" in report  # the base vs SFT table
     assert (run / "loss.png").stat().st_size > 10_000 and (run / "base" / "model.llmos").is_file()
@@ -57,7 +58,11 @@ def test_tiny_speedrun_end_to_end(corpus_dir, tmp_path):
     assert again.returncode == 0 and "pretrain: done earlier, skipping" in again.stdout
     gen = subprocess.run(llmos_cmd("generate", "--model", str(run / "base"), "--prompt", "def", "--max-tokens", "20",
                                    "--seed", "1"), env=subprocess_env(), capture_output=True, text=True)
-    assert gen.returncode == 0 and gen.stdout.startswith("def") and "tokens/s" in gen.stderr
+    # The command prints the prompt, then exactly the tokens the engine samples with the same settings.
+    model, tok, _ = load_model(run / "base")
+    expected = list(generate(model, tok.encode("def", bos=True), 20, 0.8, 0, 0.95, 1, stop_ids=tok.stop_ids))
+    assert expected and gen.returncode == 0, gen.stderr[-2000:]
+    assert gen.stdout == "def" + tok.decode(expected) + "\n" and f"[{len(expected)} tokens" in gen.stderr
 
 
 def test_every_option_says_what_it_does():

@@ -99,7 +99,9 @@ def test_smoke_sweep_is_resumable_and_fit_predict_check_run(corpus_dir, tokenize
     for row in rows:
         assert row["tokens"] == row["steps"] * 4 * 64
         assert abs(row["compute"] - row["flops"]) <= row["compute"] / row["steps"] / 2  # steps are rounded
-        assert 0 < row["val_loss"] < math.log(512) + 1 and row["seconds"] > 0
+        # An untrained model scores ln(512) = 6.24 (6.24-6.25 measured for three seeds); every point
+        # learned something (5.38-6.06 seen), so it must sit clearly below that.
+        assert 0 < row["val_loss"] < math.log(512) - 0.1 and row["seconds"] > 0
         assert not (out / "runs" / f"C{row['flops']:.3g}-{row['size']}" / "checkpoints").exists()
 
     capsys.readouterr()

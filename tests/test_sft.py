@@ -113,7 +113,12 @@ def test_sft_learns_its_conversations_and_saves_a_chat_model(base_model, tmp_pat
     zero = evaluate_assistant(untrained, tok, info, evals, EvalArgs(max_tokens=24))
     assert zero["identity"] == zero["skills"] == zero["wiki subject"] == 0 and zero["format"] < 1
     assert zero["conversation loss"] > 4 > 1 > scores["conversation loss"]
-    assert fmt.stop_ids  # the fine-tuned file still chats through the same format
+    # The fine-tuned file still chats through the base's format: same rendering, same place to stop.
+    _, base_tok, base_info = load_model(base_model)
+    base_fmt = ChatFormat(base_tok, base_info["chat_template"])
+    conversation = evals[0]["messages"]
+    assert fmt.render(conversation) == base_fmt.render(conversation) and fmt.stop_ids == base_fmt.stop_ids
+    assert fmt.native and fmt.stop_ids[0] == tok.token_id("<|assistant_end|>")
 
 
 def test_lora_trains_only_the_adapters(base_model, tmp_path):

@@ -1,16 +1,19 @@
 """Pretraining: a prepared corpus + a tokenizer -> a base model in a run directory.
 
     llmos pretrain --data CORPUS --tokenizer CORPUS/tokenizer.json --depth 4 --steps 2000 --out RUN
+    llmos pretrain --minutes 12 --out RUN [--dry-run]          # as many steps as 12 minutes allow here
     torchrun --nproc_per_node=2 -m llmos.cli pretrain ...      # DDP (gloo on CPU, nccl on CUDA)
 
 The run directory gets config.json, tokenizer.json, metrics.jsonl (loss, lr, tokens/s, MFU,
 validation loss and bits-per-byte, samples), loss.png, checkpoints/ and, at the end, the params
-file model.llmos. `--resume` continues from the latest checkpoint.
+file model.llmos. `--resume` continues from the latest checkpoint. `--dry-run` builds the model,
+times a few steps on this machine (compilation included) and prints the plan without writing anything.
 """
 from __future__ import annotations
 
 import math
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from llmos.params import check_vocab, save_params
 from llmos.report import plot_metrics
 from llmos.tokenizer import Tokenizer
 from llmos.train.loop import (Trainer, TrainConfig, dist_setup, latest_checkpoint, load_checkpoint,
-                              refuse_existing_run, resolve_device)
+                              refuse_existing_run, resolve_device, run_dir_lock)
 
 
 @dataclass
@@ -92,8 +95,21 @@ def sampler(tok: Tokenizer, prompt: str, max_tokens: int = 48, seed: int = 0):
     return sample
 
 
-def pretrain(model_args: ModelArgs, train_cfg: TrainConfig, data_args: DataArgs, resume: bool = False) -> dict:
+def pretrain(model_args: ModelArgs, train_cfg: TrainConfig, data_args: DataArgs, resume: bool = False,
+             dry_run: bool = False) -> dict:
+    started = time.perf_counter()  # a --minutes budget counts from here: shards and compilation included
     data_dir, tok_path, run_dir = data_args.resolve(model_args.depth)
+    train_cfg.validate()
+    if train_cfg.seq_len < 1:
+        raise LlmosError(f"--seq-len must be at least 1, not {train_cfg.seq_len}")
+    rank, world = dist_setup(resolve_device(train_cfg.device))
+    with run_dir_lock(run_dir, hold=rank == 0 and not dry_run):
+        return _pretrain(model_args, train_cfg, data_dir, tok_path, run_dir, data_args, resume, dry_run,
+                         started, rank, world)
+
+
+def _pretrain(model_args, train_cfg, data_dir, tok_path, run_dir, data_args, resume, dry_run, started,
+              rank, world) -> dict:
     tok = Tokenizer.load(tok_path)
     cfg = model_args.build(tok.vocab_size, train_cfg.seq_len)
     if resume:
@@ -102,22 +118,30 @@ def pretrain(model_args: ModelArgs, train_cfg: TrainConfig, data_args: DataArgs,
         check_vocab(tok, cfg, source=f"the checkpoint in {run_dir}")
         if train_cfg.seq_len > cfg.max_seq_len:
             raise LlmosError(f"--seq-len {train_cfg.seq_len} is above the model's context of {cfg.max_seq_len}")
-    else:
+    elif not dry_run:
         refuse_existing_run(run_dir)
     torch.manual_seed(train_cfg.seed)
     model = Transformer(cfg)
-    rank, world = dist_setup(resolve_device(train_cfg.device))
     if rank == 0:
         build_shards(data_dir, tok)
     if world > 1:
         dist.barrier()  # the other ranks read the shards rank 0 wrote
     shards = build_shards(data_dir, tok)
+    val_tokens = load_tokens(shards, "val")
+    if len(val_tokens) < train_cfg.seq_len + 1:
+        raise LlmosError(f"the validation split of {data_dir} holds {len(val_tokens):,} tokens, fewer than one "
+                         f"window of --seq-len {train_cfg.seq_len} + 1: prepare the corpus with a larger "
+                         "--val-fraction (or more data), or lower --seq-len")
     loader = TokenLoader(load_tokens(shards, "train"), train_cfg.batch_size, train_cfg.seq_len,
                          seed=train_cfg.seed, rank=rank, world_size=world)
-    evaluate = bits_per_byte_evaluator(load_tokens(shards, "val"), torch.from_numpy(tok.token_bytes),
+    evaluate = bits_per_byte_evaluator(val_tokens, torch.from_numpy(tok.token_bytes),
                                        train_cfg.seq_len, train_cfg.eval_tokens, rank, world)
     trainer = Trainer(model, train_cfg, run_dir, loader, evaluate=evaluate,
-                      sample=sampler(tok, data_args.sample_prompt), checkpoint_extra={"tokenizer": tok.to_json()})
+                      sample=sampler(tok, data_args.sample_prompt), checkpoint_extra={"tokenizer": tok.to_json()},
+                      eval_tokens=min(train_cfg.eval_tokens, len(val_tokens)), started=started)
+    if dry_run:
+        return {"dry_run": trainer.dry_run(f"pretraining a {cfg.n_layers}x{cfg.d_model} model "
+                                           f"({model.num_params():,} parameters) into {run_dir}")}
     if trainer.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         tok.save(run_dir / "tokenizer.json")
@@ -135,5 +159,6 @@ def pretrain(model_args: ModelArgs, train_cfg: TrainConfig, data_args: DataArgs,
         if not result["interrupted"]:
             save_params(run_dir / "model.llmos", trainer.model, tok,
                         provenance={"source": "llmos pretrain", "run": run_dir.name, "step": result["step"]})
-    return {**result, "run_dir": str(run_dir), "params": model.num_params()}
-
+    if trainer.budget:
+        result["plan"] = trainer.budget.summary()  # the finishing work included
+    return {**result, "run_dir": str(run_dir), "params": model.num_params(), "dtype": trainer.dtype_name}

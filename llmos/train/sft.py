@@ -3,6 +3,7 @@
     llmos sft --model RUN/base --out RUN/sft                    # the default mixture, full fine-tuning
     llmos sft --model smollm2-135m-instruct --lora-rank 8 --train-file mine.jsonl --sources none --out OUT
     llmos sft ... --resume                                      # continue from the latest checkpoint
+    llmos sft --model RUN/base --minutes 6 [--dry-run]          # as many steps as 6 minutes allow here
 
 The conversations come from a mixture directory (`--data`, holding train.jsonl and eval.jsonl as
 `llmos.data.conversations.build_mixture` writes them), or are gathered into OUT/data from the
@@ -26,6 +27,8 @@ base's chat template and tokenizer roles.
 from __future__ import annotations
 
 import random
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from llmos.params import save_params
 from llmos.report import plot_metrics
 from llmos.tokenizer import Tokenizer
 from llmos.train.loop import (Trainer, TrainConfig, dist_setup, latest_checkpoint, refuse_existing_run,
-                              resolve_device)
+                              resolve_device, run_dir_lock)
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SAMPLE_QUESTION = "Who are you?"
@@ -64,10 +67,14 @@ class SFTArgs:
     out: str = ""  # run directory (default: LLMOS_HOME/runs/sft)
 
 
+SEQ_LEN = 256  # rows of the packed batches, when the model's context allows
+
+
 def sft_train_config(**overrides) -> TrainConfig:
     """Fine-tuning defaults: a short warmup, no decay to speak of, rarer checkpoints. `steps=0` means
-    one pass over the training conversations."""
-    return TrainConfig(**{"steps": 0, "batch_size": 16, "seq_len": 256, "lr": 0.0, "warmup_steps": 20,
+    one pass over the training conversations (`epochs`), `seq_len=0` the model's context, at most
+    SEQ_LEN, so that the defaults fit any model."""
+    return TrainConfig(**{"steps": 0, "batch_size": 16, "seq_len": 0, "lr": 0.0, "warmup_steps": 20,
                           "weight_decay": 0.0, "eval_every": 200, "sample_every": 400, "ckpt_every": 200,
                           **overrides})
 
@@ -249,22 +256,32 @@ def attach_lora(model: Transformer, args: SFTArgs):
     return get_peft_model(model, config)
 
 
-def sft(args: SFTArgs, train_cfg: TrainConfig, resume: bool = False) -> dict:
+def sft(args: SFTArgs, train_cfg: TrainConfig, resume: bool = False, dry_run: bool = False) -> dict:
+    started = time.perf_counter()  # a --minutes budget counts from here: loading and compilation included
     if not args.model:
         raise LlmosError("--model is required: the model to fine-tune (a run directory, .llmos, .pt or named model)")
     run_dir = Path(args.out).expanduser() if args.out else llmos_home() / "runs" / "sft"
     if resume:
         latest_checkpoint(run_dir / "checkpoints")  # a clear error before any work when there is none
-    else:
+    elif not dry_run:
         refuse_existing_run(run_dir)
     if args.lora_rank < 0:
         raise LlmosError("--lora-rank must be 0 (full fine-tuning) or positive")
+    train_cfg.validate()
+    rank, world = dist_setup(resolve_device(train_cfg.device))
+    with run_dir_lock(run_dir, hold=rank == 0 and not dry_run), tempfile.TemporaryDirectory() as scratch:
+        # A dry run gathers a new mixture into scratch space, so that it writes nothing under OUT.
+        data_home = Path(scratch) if dry_run and not (run_dir / "data" / "manifest.json").is_file() else run_dir
+        return _sft(args, train_cfg, resume, dry_run, started, run_dir, data_home, rank, world)
+
+
+def _sft(args, train_cfg, resume, dry_run, started, run_dir, data_home, rank, world) -> dict:
     model, tok, info = open_model(args.model)
     fmt = ChatFormat(tok, info["chat_template"])
+    train_cfg.seq_len = train_cfg.seq_len or min(SEQ_LEN, model.cfg.max_seq_len)
     if train_cfg.seq_len > model.cfg.max_seq_len:
         raise LlmosError(f"--seq-len {train_cfg.seq_len} is above the model's context of {model.cfg.max_seq_len}")
-    rank, world = dist_setup(resolve_device(train_cfg.device))
-    data = gather_conversations(args, run_dir, train_cfg.seed) if rank == 0 else None
+    data = gather_conversations(args, data_home, train_cfg.seed) if rank == 0 else None
     if world > 1:
         import torch.distributed as dist
         shared = [str(data)]
@@ -278,7 +295,7 @@ def sft(args: SFTArgs, train_cfg: TrainConfig, resume: bool = False) -> dict:
     pad = pad_id(tok)
     loader = ConversationLoader(train, train_cfg.batch_size, train_cfg.seq_len, pad, args.packing,
                                 seed=train_cfg.seed, rank=rank, world_size=world)
-    if not train_cfg.steps:
+    if not train_cfg.steps and not train_cfg.minutes:
         per_row = train_cfg.seq_len if args.packing else sum(len(i) for i, _ in train) / len(train)
         rows = loader.tokens_per_epoch() / per_row * args.epochs
         train_cfg.steps = max(1, round(rows / (train_cfg.batch_size * train_cfg.grad_accum)))
@@ -296,7 +313,10 @@ def sft(args: SFTArgs, train_cfg: TrainConfig, resume: bool = False) -> dict:
                       sample=chat_sampler(fmt),
                       checkpoint_extra={"tokenizer": tok.to_json(), "chat_template": info["chat_template"],
                                         "provenance": provenance},
-                      eval_first=bool(held_out))
+                      eval_first=bool(held_out), eval_tokens=sum(len(ids) for ids, _ in held_out), started=started)
+    if dry_run:
+        return {"dry_run": trainer.dry_run(f"fine-tuning {args.model} ({params:,} parameters) on "
+                                           f"{len(train):,} conversations into {run_dir}")}
     if trainer.is_main:
         write_json(run_dir / "config.json", {"model": model.cfg.to_dict(), "sft": asdict(args),
                                              "train": asdict(train_cfg), "data": str(data),
@@ -313,5 +333,8 @@ def sft(args: SFTArgs, train_cfg: TrainConfig, resume: bool = False) -> dict:
             final = net.merge_and_unload() if args.lora_rank else net
             save_params(run_dir / "model.llmos", final, tok, chat_template=info["chat_template"],
                         provenance={**provenance, "run": run_dir.name, "step": result["step"]})
-    return {**result, "run_dir": str(run_dir), "conversations": len(train), "params": params}
+    if trainer.budget:
+        result["plan"] = trainer.budget.summary()  # the finishing work included
+    return {**result, "run_dir": str(run_dir), "conversations": len(train), "params": params,
+            "dtype": trainer.dtype_name}
 
