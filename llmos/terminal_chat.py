@@ -6,8 +6,10 @@
     echo "What is 2 + 2?" | llmos chat --model m.llmos -p -
 
 The conversation is a list of OpenAI-style messages rendered by ChatFormat each turn, so the model
-sees the whole history. When the prompt plus --max-tokens no longer fits the model's context, the
-oldest exchanges (a user message and its reply) are dropped; the system prompt always stays.
+sees the whole history. A reply may use whatever the context leaves after the prompt (or at most
+--max-tokens); when the prompt leaves less than a reply needs (--max-tokens, or by default a quarter
+of the context), the oldest exchanges (a user message and its reply) are dropped; the system prompt
+always stays. So the defaults fit any model, from a 256-token demo to an 8k-context import.
 
 At the `you> ` prompt: /clear, /system TEXT, /temperature X, /help, /exit (or Ctrl-D). Ctrl-C
 while a reply streams stops it; the partial reply stays in the history. Status lines go to stderr,
@@ -45,8 +47,14 @@ class Sampling:
     temperature: float
     top_k: int
     top_p: float
-    max_tokens: int
+    max_tokens: int | None  # None: what the context leaves (see reply_room)
     seed: int | None  # the same seed for every reply, so a reply depends only on the conversation
+
+
+def reply_room(sampling: Sampling, context: int) -> int:
+    """Tokens a reply must have room for: --max-tokens, or by default a quarter of the context (at
+    most 512), which keeps most of the context for the conversation so far."""
+    return sampling.max_tokens if sampling.max_tokens is not None else min(512, context // 4)
 
 
 def check_sampling(s: Sampling) -> None:
@@ -59,7 +67,7 @@ def check_sampling(s: Sampling) -> None:
 
 
 def check_max_tokens(s: Sampling, context: int) -> None:
-    if not 0 < s.max_tokens < context:
+    if s.max_tokens is not None and not 0 < s.max_tokens < context:
         raise LlmosError(f"--max-tokens must be between 1 and {context - 1} (the model's context is "
                          f"{context} tokens and the prompt needs some), not {s.max_tokens}")
 
@@ -84,9 +92,9 @@ class Conversation:
             self.system = system
 
     def _prompt(self, user_text: str) -> list[int]:
-        """The prompt ids for a new user message, dropping the oldest exchanges until the prompt plus
-        --max-tokens fits the model's context."""
-        context, budget = self.model.cfg.max_seq_len, self.sampling.max_tokens
+        """The prompt ids for a new user message, dropping the oldest exchanges until the prompt leaves
+        room for a reply in the model's context."""
+        context, budget = self.model.cfg.max_seq_len, reply_room(self.sampling, self.model.cfg.max_seq_len)
         system = [{"role": "system", "content": self.system}] if self.system else []
         user = {"role": "user", "content": user_text}
         dropped = 0
@@ -97,7 +105,8 @@ class Conversation:
             dropped += 1
         if len(prompt) + budget > context:
             what = "the system prompt and this message take" if system else "this message takes"
-            raise LlmosError(f"{what} {len(prompt)} tokens; with --max-tokens {budget} that exceeds the model's "
+            room = f"--max-tokens {budget}" if self.sampling.max_tokens is not None else f"{budget} tokens for the reply"
+            raise LlmosError(f"{what} {len(prompt)} tokens; with {room} that exceeds the model's "
                              f"context of {context} tokens: write a shorter message"
                              + (" or /system a shorter one" if system else "") + " (or lower --max-tokens)")
         if dropped:
@@ -111,9 +120,10 @@ class Conversation:
         exchange joins the history even when interrupted (Ctrl-C), with the reply as far as it got."""
         prompt = self._prompt(user_text)
         s = self.sampling
+        max_tokens = s.max_tokens if s.max_tokens is not None else self.model.cfg.max_seq_len - len(prompt)
         pieces: list[str] = []
         try:
-            tokens = generate(self.model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
+            tokens = generate(self.model, prompt, max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
                               stop_ids=self.fmt.stop_ids)
             for piece in stream_text(self.fmt.tok, tokens):
                 pieces.append(piece)

@@ -244,3 +244,27 @@ def test_a_model_that_cannot_chat_is_a_clear_error(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("llmos chat: error: this tokenizer has no llmos chat tokens"), done.stderr
     assert "cannot chat" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_default_reply_length_fits_any_context(short_context_model_file, capsys, monkeypatch):
+    """Without --max-tokens a reply may use what the context leaves: on a 64-token model (the tiny
+    speedrun's) `chat -p` answers instead of refusing a default made for bigger models, and a turn
+    whose history leaves less than a quarter of the context drops the oldest exchanges."""
+    done = subprocess.run(llmos_cmd("chat", "--model", str(short_context_model_file), "-p", QUESTION),
+                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr[-2000:]
+    model, tok, _ = load_model(short_context_model_file)
+    chat = Conversation(model, ChatFormat(tok), "", Sampling(0.0, 0, 1.0, max_tokens=None, seed=None))
+    prompt, generated = chat._prompt(QUESTION), []
+
+    def counted(*args, **kwargs):
+        for token in generate(*args, **kwargs):
+            generated.append(token)
+            yield token
+
+    monkeypatch.setattr("llmos.terminal_chat.generate", counted)
+    chat.reply(QUESTION, lambda piece: None)  # this model never stops by itself: the reply fills the context
+    assert len(generated) == 64 - len(prompt)
+    chat.reply("And of Spain?", lambda piece: None)
+    assert "[dropped the oldest 1 exchange to fit the model's context of 64 tokens]" in capsys.readouterr().err
+    assert [m["content"] for m in chat.history if m["role"] == "user"] == ["And of Spain?"]
