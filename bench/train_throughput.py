@@ -7,10 +7,12 @@
 Both models get the reference config (vocab 4096, d_model 256, 4 layers, 4 heads, seq 256, batch 16),
 the same initial weights (llmos's init, copied into HF), the same batches in the same order, the same
 AdamW (lr, betas, weight decay on matrices) and the same step (forward with the loss, backward, grad
-clip at 1.0, optimizer step), in two modes: eager fp32, and torch.compile + bf16 autocast. Warm-up steps
-(which include compilation) are not timed; the timed steps are split into rounds that alternate the
-two models (the order flips each round), and each model's tokens/s is the median over its rounds.
-llmos's MFU is measured against a bf16 matmul peak measured at the start of the same run.
+clip at 1.0, optimizer step), in two modes: eager fp32, and torch.compile in the dtype the trainer
+would choose here (bf16 autocast where the hardware multiplies bf16: CUDA, AMX, AVX512-BF16; fp32
+elsewhere, since software bf16 on an AVX2-only CPU is 100-400x slower: `--dtype` overrides). Warm-up
+steps (which include compilation) are not timed; the timed steps are split into rounds that alternate
+the two models (the order flips each round), and each model's tokens/s is the median over its rounds.
+llmos's MFU in each mode is against a matmul peak measured in that mode's dtype at the start of the run.
 
 Data: with --data (a prepared llmos corpus) the batches come from its token shards (tokenized once,
 with --tokenizer, default DATA/tokenizer.json); without it, a fixed seeded random token tensor.
@@ -35,9 +37,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from llmos.interop.layout import hf_name
 from llmos.model import ModelConfig, Transformer, default_lr
-from llmos.perf import matmul_peak_flops
+from llmos.perf import compute_dtype, machine, matmul_peak_flops
 
-MODES = {"eager": ("eager_fp32", False), "compile": ("compile_bf16", True)}  # name -> (JSON key, compiled + bf16)
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 def log(msg: str):
@@ -89,13 +91,13 @@ def adamw(model: nn.Module, lr: float) -> torch.optim.AdamW:
                              lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def make_step(model: nn.Module, compiled_bf16: bool, lr: float):
+def make_step(model: nn.Module, compiled: bool, dtype: torch.dtype, lr: float):
     """One training step as the Trainer does it: (x, y) -> loss, parameters updated."""
-    net = torch.compile(model) if compiled_bf16 else model
+    net = torch.compile(model) if compiled else model
     opt = adamw(model, lr)
 
     def step(x, y) -> float:
-        with torch.autocast("cpu", dtype=torch.bfloat16) if compiled_bf16 else nullcontext():
+        with torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else nullcontext():
             loss = net(x, targets=y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -106,12 +108,16 @@ def make_step(model: nn.Module, compiled_bf16: bool, lr: float):
 
 
 def run_mode(mode: str, cfg: ModelConfig, init: dict, batches, args) -> dict:
-    key, compiled_bf16 = MODES[mode]
+    compiled = mode == "compile"
+    dtype = compute_dtype("cpu", args.dtype if compiled else "fp32", compiled)
+    key = f"{mode}_{DTYPE_NAMES[dtype]}"
+    log(f"{key}: measuring the {DTYPE_NAMES[dtype]} matmul peak")
+    peak = matmul_peak_flops("cpu", dtype, seconds=2.0)
     llmos = Transformer(cfg)
     llmos.load_state_dict(init)
     hf = hf_llama(cfg)
     hf.load_state_dict({hf_name(k): v for k, v in init.items()})
-    steps = {name: make_step(m.train(), compiled_bf16, default_lr(cfg.d_model))
+    steps = {name: make_step(m.train(), compiled, dtype, default_lr(cfg.d_model))
              for name, m in (("llmos", llmos), ("hf", HFWithLoss(hf)))}
     losses, warmup_s, rates = {}, {}, {name: [] for name in steps}
     for name, step in steps.items():
@@ -130,25 +136,20 @@ def run_mode(mode: str, cfg: ModelConfig, init: dict, batches, args) -> dict:
             rates[name].append(tokens_per_step * len(chunk) / (time.perf_counter() - t))
             log(f"{key} {name}: round {r + 1}/{args.rounds}: {rates[name][-1]:,.0f} tokens/s, loss {losses[name]:.4f}")
     tok_s = {name: statistics.median(v) for name, v in rates.items()}
-    return {"llmos_tok_s": round(tok_s["llmos"]), "hf_tok_s": round(tok_s["hf"]),
+    return {"mode": key, "dtype": DTYPE_NAMES[dtype], "peak_tflops": round(peak / 1e12, 3),
+            "llmos_tok_s": round(tok_s["llmos"]), "hf_tok_s": round(tok_s["hf"]),
             "ratio": round(tok_s["llmos"] / tok_s["hf"], 3),
-            "llmos_mfu": round(tok_s["llmos"] * llmos.flops_per_token(args.seq_len) / args.peak, 4),
+            "llmos_mfu": round(tok_s["llmos"] * llmos.flops_per_token(args.seq_len) / peak, 4),
             "llmos_rounds_tok_s": [round(v) for v in rates["llmos"]], "hf_rounds_tok_s": [round(v) for v in rates["hf"]],
             "llmos_final_loss": round(losses["llmos"], 4), "hf_final_loss": round(losses["hf"], 4),
             "llmos_warmup_s": round(warmup_s["llmos"], 1), "hf_warmup_s": round(warmup_s["hf"], 1)}
 
 
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    return {"cpu": names[0] if names else platform.processor(), "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "amx": "amx_bf16" in cpuinfo,
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--modes", default="eager,compile", help="comma-separated: eager (fp32), compile (+ bf16 autocast)")
+    p.add_argument("--modes", default="eager,compile", help="comma-separated: eager (fp32), compile (dtype: --dtype)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="compile mode's dtype; auto: bf16 only where the hardware multiplies it")
     p.add_argument("--steps", type=int, default=30, help="timed steps per model and mode")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (they include compilation)")
     p.add_argument("--rounds", type=int, default=3, help="the timed steps alternate between models in this many rounds")
@@ -160,8 +161,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if unknown := set(modes) - set(MODES):
-        p.error(f"unknown --modes {sorted(unknown)}: use {', '.join(MODES)}")
+    if unknown := set(modes) - {"eager", "compile"}:
+        p.error(f"unknown --modes {sorted(unknown)}: use eager, compile")
     if args.warmup < 1 or args.rounds < 1 or args.steps < args.rounds:
         p.error("--warmup and --rounds must be positive and --steps at least --rounds")
 
@@ -170,17 +171,15 @@ def main():
     torch.manual_seed(0)
     reference = Transformer(cfg)
     init = reference.state_dict()
-    log("measuring the bf16 matmul peak")
-    args.peak = matmul_peak_flops("cpu", torch.bfloat16, seconds=2.0)
-    log(f"peak {args.peak / 1e12:.2f} TFLOP/s; {reference.num_params():,} params; {data}; "
-        f"{torch.get_num_threads()} threads")
+    log(f"{reference.num_params():,} params; {data}; {torch.get_num_threads()} threads")
     result = {"config": {**cfg.to_dict(), "params": reference.num_params(), "batch_size": args.batch_size,
                          "seq_len": args.seq_len},
-              "data": data, "machine": machine(),
-              "steps": {"warmup": args.warmup, "timed": args.steps, "rounds": args.rounds},
-              "peak_bf16_tflops": round(args.peak / 1e12, 3)}
+              "data": data, "machine": {**machine(), "transformers": transformers.__version__,
+                                        "python": platform.python_version()},
+              "steps": {"warmup": args.warmup, "timed": args.steps, "rounds": args.rounds}}
     for mode in modes:
-        result[MODES[mode][0]] = run_mode(mode, cfg, init, batches, args)
+        figures = run_mode(mode, cfg, init, batches, args)
+        result[figures["mode"]] = figures
     print(json.dumps(result))
 
 
