@@ -207,3 +207,28 @@ def test_old_checkpoints_are_pruned_to_keep_ckpts(corpus_dir, tokenizer_path, tm
     _tiny_run(corpus_dir, tokenizer_path, tmp_path / "run", steps=10, ckpt_every=2, keep_ckpts=2)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*.pt")) == \
         ["step_0000008.pt", "step_0000010.pt"]
+
+
+def test_muon_orthogonalises_as_torch_does_in_the_dtype_the_cpu_is_fast_at(monkeypatch):
+    """torch.optim.Muon always orthogonalises in bf16 (8x slower training without bf16 units): llmos's
+    subclass gives torch's very update in bf16 and the same direction in fp32, chosen by capability."""
+    import llmos.perf
+    from llmos.train.loop import build_optimizers
+    from llmos.train.muon import Muon
+    torch.manual_seed(0)
+    weight, grad = torch.randn(704, 256), torch.randn(704, 256)
+    params = [torch.nn.Parameter(weight.clone()) for _ in range(3)]
+    optimizers = [torch.optim.Muon([params[0]], lr=0.02), Muon([params[1]], ns_dtype=torch.bfloat16, lr=0.02),
+                  Muon([params[2]], ns_dtype=torch.float32, lr=0.02)]
+    for param, opt in zip(params, optimizers):
+        param.grad = grad.clone()
+        opt.step()
+    assert torch.equal(params[0], params[1])
+    cosine = torch.nn.functional.cosine_similarity((params[2] - weight).flatten(), (params[0] - weight).flatten(), dim=0)
+    assert cosine > 0.999
+    from llmos.model import ModelConfig, Transformer
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=1, n_kv_heads=1, max_seq_len=16))
+    for fast, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(llmos.perf, "fast_bf16", lambda device="cpu", fast=fast: fast)
+        monkeypatch.setattr("llmos.train.loop.fast_bf16", lambda device="cpu", fast=fast: fast)
+        assert build_optimizers(model, TrainConfig(optimizer="muon"), 1e-3)[0].ns_dtype == dtype

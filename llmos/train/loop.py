@@ -39,9 +39,10 @@ from tqdm import tqdm
 
 from llmos.common import LlmosError, atomic_write, file_lock, os_error_message
 from llmos.model import Transformer, default_lr
-from llmos.perf import compute_dtype, describe_machine, matmul_peak_flops
+from llmos.perf import compute_dtype, describe_machine, fast_bf16, matmul_peak_flops
 from llmos.report import read_metrics
 from llmos.train.budget import MEASURE_STEPS, Budget, Schedule, format_plan
+from llmos.train.muon import Muon
 
 CKPT_VERSION = 1
 
@@ -133,8 +134,9 @@ def build_optimizers(model: Transformer, cfg: TrainConfig, lr: float) -> list[to
     vectors = [p for n, p in trainable if p.ndim < 2]
     embeddings = list({id(p): p for p in embeddings}.values())  # tied weights appear twice
     adamw = dict(betas=(0.9, 0.95), eps=1e-8)
-    if cfg.optimizer == "muon":
-        return [torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.weight_decay),
+    if cfg.optimizer == "muon":  # its orthogonalisation in bf16 only where the hardware is fast at it
+        ns_dtype = torch.bfloat16 if fast_bf16(matrices[0].device) else torch.float32
+        return [Muon(matrices, ns_dtype=ns_dtype, lr=cfg.muon_lr, weight_decay=cfg.weight_decay),
                 torch.optim.AdamW([{"params": embeddings, "weight_decay": cfg.weight_decay},
                                    {"params": vectors, "weight_decay": 0.0}], lr=lr, **adamw)]
     return [torch.optim.AdamW([{"params": matrices + embeddings, "weight_decay": cfg.weight_decay},
