@@ -1,6 +1,6 @@
 """The speedrun: the whole pipeline as a sequence of stages, ending in a run directory with a report.
 
-    llmos speedrun --preset cpu                # `make demo`: 22 minutes on any 2-core x86 CPU
+    llmos speedrun --preset cpu                # `make demo`: 23 minutes on any 2-core x86 CPU
     llmos speedrun --preset cpu --minutes 40   # the same pipeline, more steps
     llmos speedrun --preset cpu --dry-run      # the machine, the stage budgets, a measured pretraining plan
     llmos speedrun --preset cpu-full           # every stage (later issues add RL, tools, safety): 90 minutes
@@ -54,7 +54,7 @@ class Preset:
     model: ModelArgs
     train: TrainConfig
     sft: TrainConfig = field(default_factory=sft_train_config)
-    sft_args: SFTArgs = field(default_factory=lambda: SFTArgs(mix="identity=4,chitchat=0.25", epochs=2.0))
+    sft_args: SFTArgs = field(default_factory=lambda: SFTArgs(mix="identity=6,chitchat=0.25", epochs=2.0))
     sample_prompts: list[str] = field(default_factory=lambda: ["The", "In 1905,", "def main():", "KING HENRY:"])
     sample_tokens: int = 96
     eval: EvalArgs = field(default_factory=EvalArgs)
@@ -66,12 +66,12 @@ class Preset:
 
 
 PRESETS = {
-    # 4.3M params; pretraining then fine-tuning in a 22-minute budget (make demo: about 24 with the
+    # 4.3M params; pretraining then fine-tuning in a 23-minute budget (make demo: about 24 with the
     # install): ~2.5M pretraining tokens on an AVX2-only 2-core EPYC, ~5M with AVX512-BF16.
     "cpu": Preset(4096, ModelArgs(depth=4),
                   TrainConfig(steps=1300, batch_size=16, seq_len=256, warmup_steps=100, eval_every=250,
                               eval_tokens=131072, sample_every=500, ckpt_every=200, log_every=10, optimizer="muon"),
-                  sft=sft_train_config(lr=3e-3), minutes=22.0),
+                  sft=sft_train_config(lr=3e-3), minutes=23.0),
     # A GPU-sized base model (~100M params) for one H100 / H200 or torchrun across several.
     "gpu": Preset(32768, ModelArgs(depth=12),
                   TrainConfig(steps=5000, batch_size=32, seq_len=1024, warmup_steps=200, eval_every=500,

@@ -153,12 +153,13 @@ def test_dry_run_prints_the_plan_and_writes_nothing(corpus_dir, tokenizer_path, 
 
 def test_the_speedrun_splits_its_budget_between_the_training_stages():
     preset = PRESETS["cpu"]
-    assert preset.minutes == 22
+    assert 0 < preset.minutes <= 23  # make demo's 25 minutes, less the install and the data check
+    budget = preset.minutes * 60
     ctx = Context("cpu", preset, None, None, {"data": {"seconds": 30.0}, "tokenizer": {"seconds": 30.0}})
     tail = sum(preset.tail_s.values())
-    assert ctx.minutes_for("pretrain") * 60 == pytest.approx(preset.pretrain_share * (22 * 60 - 60 - tail))
+    assert ctx.minutes_for("pretrain") * 60 == pytest.approx(preset.pretrain_share * (budget - 60 - tail))
     ctx.status.update(pretrain={"seconds": 700.0}, sample={"seconds": 10.0})
-    assert ctx.minutes_for("sft") * 60 == pytest.approx(22 * 60 - 770 - preset.tail_s["eval"] - preset.tail_s["report"])
+    assert ctx.minutes_for("sft") * 60 == pytest.approx(budget - 770 - preset.tail_s["eval"] - preset.tail_s["report"])
     ctx.status["pretrain"]["seconds"] = 1300.0  # a pretraining that ran over leaves fine-tuning too little
     with pytest.raises(LlmosError, match="budget leaves .* for sft: give the speedrun more --minutes"):
         ctx.minutes_for("sft")

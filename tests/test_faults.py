@@ -140,6 +140,21 @@ def test_os_errors_are_one_line_naming_the_path(corpus_dir, tokenizer_path, tmp_
     assert not list(tmp_path.glob(".x.json.*"))  # the temp file went with the failure
 
 
+def test_text_files_are_utf8_whatever_the_locale(tmp_path):
+    """Readers force UTF-8, so writers must too: under an ASCII locale (no UTF-8 mode, no coercion) a
+    name with accents, as a manifest or config may hold, is written as UTF-8 and reads back."""
+    text = '{"title": "Caf\u00e9 M\u00fcller \u65e5\u672c"}'
+    script = (f"from llmos.common import atomic_write\n"
+              f"with atomic_write({str(tmp_path / 'x.json')!r}, 'w') as f:\n    f.write({ascii(text)})\n")
+    env = subprocess_env(LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    check = subprocess.run([sys.executable, "-c", "import locale; print(locale.getpreferredencoding(False))"],
+                           env=env, capture_output=True, text=True)
+    assert "utf" not in check.stdout.lower(), check.stdout  # the locale really is not UTF-8
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert (tmp_path / "x.json").read_bytes().decode("utf-8") == text
+
+
 def test_a_validation_split_shorter_than_a_window_is_refused_before_training(tokenizer_path, tmp_path):
     from llmos.data.corpus import prepare
     src = tmp_path / "src"
