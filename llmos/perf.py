@@ -104,5 +104,6 @@ def describe_machine(info: dict | None = None) -> str:
     info = info or machine()
     flags = ", ".join(info["flags"]) or "no AVX2"
     gpu = f"; GPU {info['gpu']}" if "gpu" in info else ""
-    return (f"{info['cpu']} ({flags}; torch capability {info['capability']}), {info['threads']} threads, "
+    threads = f"{info['threads']} thread{'s' * (info['threads'] != 1)}"
+    return (f"{info['cpu']} ({flags}; torch capability {info['capability']}), {threads}, "
             f"bf16 hardware {'yes' if info['fast_bf16'] else 'no'}{gpu}")
