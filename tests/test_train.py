@@ -212,7 +212,6 @@ def test_old_checkpoints_are_pruned_to_keep_ckpts(corpus_dir, tokenizer_path, tm
 def test_muon_orthogonalises_as_torch_does_in_the_dtype_the_cpu_is_fast_at(monkeypatch):
     """torch.optim.Muon always orthogonalises in bf16 (8x slower training without bf16 units): llmos's
     subclass gives torch's very update in bf16 and the same direction in fp32, chosen by capability."""
-    import llmos.perf
     from llmos.train.loop import build_optimizers
     from llmos.train.muon import Muon
     torch.manual_seed(0)
@@ -229,6 +228,5 @@ def test_muon_orthogonalises_as_torch_does_in_the_dtype_the_cpu_is_fast_at(monke
     from llmos.model import ModelConfig, Transformer
     model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=1, n_kv_heads=1, max_seq_len=16))
     for fast, dtype in ((False, torch.float32), (True, torch.bfloat16)):
-        monkeypatch.setattr(llmos.perf, "fast_bf16", lambda device="cpu", fast=fast: fast)
         monkeypatch.setattr("llmos.train.loop.fast_bf16", lambda device="cpu", fast=fast: fast)
         assert build_optimizers(model, TrainConfig(optimizer="muon"), 1e-3)[0].ns_dtype == dtype

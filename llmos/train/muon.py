@@ -6,14 +6,14 @@ Muon (Keller Jordan et al.) replaces each matrix's momentum update by the neares
 matrix, found by five Newton-Schulz iterations. torch.optim.Muon runs those iterations in bfloat16
 always, which suits GPUs and CPUs with bf16 units; on a CPU without them (AVX2 only) software bf16
 made training 8x slower (465 against 3,800 tokens/s on the cpu preset's model, docs/log.md). This
-subclass keeps torch's Muon (its hyperparameters, state and checkpoints) and only runs the
-iterations in `ns_dtype`; the trainer passes bf16 where llmos.perf.fast_bf16 says so, else fp32.
+subclass keeps torch's Muon (its hyperparameters, state, checkpoints and learning-rate adjustment):
+with `ns_dtype` bf16 it is torch's step itself, otherwise the same step with the iterations in
+`ns_dtype`. The trainer passes bf16 where llmos.perf.fast_bf16 says so, else fp32.
 """
 from __future__ import annotations
 
-import math
-
 import torch
+from torch.optim._muon import _adjust_lr
 
 
 def orthogonalize(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
@@ -38,6 +38,8 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
+        if self.ns_dtype == torch.bfloat16:
+            return super().step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -51,7 +53,6 @@ class Muon(torch.optim.Muon):
                 update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
                 update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
                                        self.ns_dtype)
-                rows, cols = param.shape[:2]  # torch's default ("original") learning-rate adjustment
                 param.mul_(1 - lr * group["weight_decay"])
-                param.add_(update.to(param.dtype), alpha=-lr * math.sqrt(max(1, rows / cols)))
+                param.add_(update.to(param.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
         return loss
