@@ -56,9 +56,11 @@ def worker(engine: str, files: dict, prompt_ids: list[int], n: int) -> float:
     import torch
     torch.set_num_threads(os.cpu_count())
     if engine == "llmos":
-        from llmos.engine import generate, load_model
+        from llmos.infer.engine import generate
+        from llmos.infer.sampling import SamplingParams
+        from llmos.load import load_model
         model = load_model(files["llmos"])[0]
-        run = lambda k: sum(1 for _ in generate(model, prompt_ids, k, temperature=0))
+        run = lambda k: sum(1 for _ in generate(model, prompt_ids, SamplingParams(max_tokens=k, temperature=0)))
     else:
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(files["hf"], dtype=torch.float32).eval()
@@ -77,7 +79,7 @@ def worker(engine: str, files: dict, prompt_ids: list[int], n: int) -> float:
 
 def prepare(model: str, workdir: Path) -> tuple[dict, list[int], dict]:
     import torch
-    from llmos.engine import load_model
+    from llmos.load import load_model
     from llmos.interop.convert import export_model
     from llmos.model import ModelConfig, Transformer
     from llmos.params import save_params

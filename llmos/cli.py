@@ -5,6 +5,7 @@
     llmos pretrain [--depth 4 --steps 2000 ...]         train a base model (torchrun for DDP)
     llmos generate --model RUN --prompt "..."           sample from a model, streaming
     llmos chat --model RUN|NAME [-p "..."]              talk with a model in the terminal
+    llmos serve --model RUN|NAME [--port 8000]          OpenAI-compatible server and web chat page
     llmos speedrun --preset cpu                         data -> tokenizer -> pretrain -> sample -> report
     llmos export --model RUN --format gguf|hf|llmos     for llama.cpp, Hugging Face, or params file + run.py
     llmos import model.gguf|HF_DIR --out m.llmos        a foreign Llama model into a params file
@@ -152,7 +153,9 @@ def cmd_eval(args):
 
 
 def cmd_generate(args):
-    from llmos.engine import generate, load_model, stream_text
+    from llmos.infer.engine import generate, stream_text
+    from llmos.infer.sampling import SamplingParams
+    from llmos.load import load_model
     model, tok, _ = load_model(args.model)
     ids = tok.encode(args.prompt, bos=True)
     max_tokens = args.max_tokens if args.max_tokens is not None else \
@@ -162,8 +165,9 @@ def cmd_generate(args):
 
     def counted():
         nonlocal n
-        for token_id in generate(model, ids, max_tokens, args.temperature, args.top_k, args.top_p,
-                                 args.seed, stop_ids=tok.stop_ids):
+        params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, seed=args.seed, stop_ids=list(tok.stop_ids))
+        for token_id in generate(model, ids, params):
             n += 1
             yield token_id
 
@@ -174,10 +178,16 @@ def cmd_generate(args):
     print(f"[{n} tokens, {n / max(time.time() - t, 1e-9):.1f} tokens/s]", file=sys.stderr)
 
 
+def cmd_serve(args):
+    from llmos.serve.server import run_server
+    run_server(args)
+
+
 def cmd_chat(args):
-    from llmos.terminal_chat import Sampling, run_chat
-    run_chat(args.model, args.system, Sampling(args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed),
-             prompt=args.prompt)
+    from llmos.infer.sampling import SamplingParams
+    from llmos.terminal_chat import run_chat
+    run_chat(args.model, args.system, SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                                     seed=args.seed), args.max_tokens, prompt=args.prompt)
 
 
 def cmd_export(args):
@@ -313,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, f"tokens to generate at most (default: {GENERATE_TOKENS}, or what the model's "
                          "context leaves after the prompt if less)", temperature=0.8, top_k=0)
     p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser("serve", help="an OpenAI-compatible server with a chat page (continuous batching)",
+                         formatter_class=fmt)
+    from llmos.serve.server import add_serve_args
+    add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("chat", help="talk with a model in the terminal (/help inside lists the commands)",
                          formatter_class=fmt)

@@ -3,8 +3,8 @@
     cfg = ModelConfig.from_depth(4, vocab_size=4096)   # one knob: depth derives width and heads
     model = Transformer(cfg)
     loss = model(x, targets=y)                          # training: mean cross-entropy (-1 = ignore)
-    cache = model.new_kv_cache(batch=1)
-    logits = model(prompt_ids, kv_cache=cache)          # inference: appends to the cache
+    cache = model.new_kv_cache(slots=8)
+    logits = model(prompt_ids, kv_cache=cache, first_slot=3)   # inference: appends to slot 3's sequence
 
 The same config can state an existing Llama-family model exactly (n_kv_heads, d_ff, rope_theta,
 norm_eps, tie_embeddings, head_dim), so imported models run through this code unchanged. RoPE uses
@@ -178,21 +178,88 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Preallocated keys and values for every layer; `pos` is the number of tokens already cached."""
+    """Keys and values of `slots` sequences, each up to `max_len` tokens; `lengths[i]` tokens are
+    cached in slot i. A forward pass appends T new tokens to each row of a contiguous range of slots
+    (`first_slot`, batch size); rows may hold different lengths, so sequences join and leave a
+    running batch (llmos/infer/engine.py keeps the running ones in slots 0..B-1)."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+    def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device, dtype):
+        shape = (slots, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.max_len = max_len
-        self.pos = 0
+        self.slots, self.max_len = slots, max_len
+        self.lengths = [0] * slots
+
+    def plan(self, first: int, count: int, T: int, device) -> "CacheStep":
+        starts = self.lengths[first:first + count]
+        if len(starts) != count:
+            raise LlmosError(f"rows {first}..{first + count - 1} exceed the cache's {self.slots} slots")
+        if max(starts) + T > self.max_len:
+            raise LlmosError(f"sequence of {max(starts) + T} tokens exceeds the cache's {self.max_len} positions")
+        return CacheStep(self, first, count, T, starts, device)
+
+    def copy(self, src: int, dst: int, length: int | None = None, source: "KVCache | None" = None) -> None:
+        """Slot `dst` takes the first `length` cached tokens of slot `src` (of `source`, default this cache)."""
+        source = source or self
+        n = source.lengths[src] if length is None else length
+        for layer in range(len(self.k)):
+            self.k[layer][dst, :, :n] = source.k[layer][src, :, :n]
+            self.v[layer][dst, :, :n] = source.v[layer][src, :, :n]
+        self.lengths[dst] = n
+
+    def export(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of the first `length` keys and values of a slot (the prefix cache keeps these)."""
+        return [(k[slot, :, :length].clone(), v[slot, :, :length].clone()) for k, v in zip(self.k, self.v)]
+
+    def restore(self, slot: int, saved: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        for (k, v), kc, vc in zip(saved, self.k, self.v):
+            kc[slot, :, :length] = k[:, :length]
+            vc[slot, :, :length] = v[:, :length]
+        self.lengths[slot] = length
+
+
+class CacheStep:
+    """Where one forward pass writes and reads: rows first..first+count-1, each appending T tokens at
+    its own length. Rows at equal lengths share one slice (and a causal mask when they start empty);
+    rows at different lengths get per-row positions and a mask that hides each row's unused slots."""
+
+    def __init__(self, cache: KVCache, first: int, count: int, T: int, starts: list[int], device):
+        self.cache, self.first, self.count, self.T = cache, first, count, T
+        self.kv_len = max(starts) + T
+        self.start = starts[0] if all(s == starts[0] for s in starts) else None
+        self.mask, self.causal = None, False
+        if self.start is not None:
+            self.positions = torch.arange(self.start, self.start + T, device=device)
+            if self.start == 0:
+                self.causal = T > 1
+            elif T > 1:
+                self.mask = torch.ones(T, self.kv_len, dtype=torch.bool, device=device).tril(diagonal=self.start)
+        else:
+            start = torch.tensor(starts, device=device)
+            self.positions = start[:, None] + torch.arange(T, device=device)  # (B, T)
+            self.rows = torch.arange(first, first + count, device=device)[:, None]
+            keys = torch.arange(self.kv_len, device=device)
+            self.mask = (keys[None, None, :] <= self.positions[:, :, None])[:, None]  # (B, 1, T, keys)
+
+    def rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.start is not None:
+            return cos[self.positions], sin[self.positions]
+        return cos[self.positions][:, None], sin[self.positions][:, None]  # (B, 1, T, D): per row
 
     def update(self, layer: int, k, v):
-        """Store k, v at the current position; return all keys and values so far."""
-        start, end = self.pos, self.pos + k.size(2)
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        """Store the new keys and values; return every key and value the queries may see."""
+        kc, vc, rows = self.cache.k[layer], self.cache.v[layer], slice(self.first, self.first + self.count)
+        if self.start is not None:
+            kc[rows, :, self.start:self.start + self.T] = k
+            vc[rows, :, self.start:self.start + self.T] = v
+        else:
+            kc[self.rows, :, self.positions] = k.transpose(1, 2)
+            vc[self.rows, :, self.positions] = v.transpose(1, 2)
+        return kc[rows, :, :self.kv_len], vc[rows, :, :self.kv_len]
+
+    def commit(self) -> None:
+        for row in range(self.first, self.first + self.count):
+            self.cache.lengths[row] += self.T
 
 
 class Attention(nn.Module):
@@ -207,7 +274,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None, mask=None):
+    def forward(self, x, cos, sin, step: CacheStep | None):
         B, T, _ = x.shape
         cfg = self.cfg
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
@@ -216,17 +283,14 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        causal = mask is None
-        if kv_cache is not None:
-            k, v = kv_cache.update(self.layer, k, v)
-            if kv_cache.pos > 0 and mask is None:  # new queries see the whole cache plus a causal block among themselves
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=kv_cache.pos)
+        mask, causal = None, T > 1
+        if step is not None:
+            k, v = step.update(self.layer, k, v)
+            mask, causal = step.mask, step.causal
         if cfg.n_kv_heads != cfg.n_heads:
             rep = cfg.n_heads // cfg.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -249,8 +313,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, kv_cache, mask=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache, mask)
+    def forward(self, x, cos, sin, step: CacheStep | None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, step)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -277,36 +341,32 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, key_valid=None):
-        """`key_valid` (B, positions so far incl. these): False marks left padding, which no query
-        attends to; RoPE scores depend only on relative positions, so a left-padded row computes
-        what it would alone (batched generation)."""
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, first_slot: int = 0):
+        """With `kv_cache`, row b of `idx` continues the sequence in slot first_slot + b, after the
+        tokens already cached there (rows may be at different lengths)."""
         B, T = idx.shape
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + T > self.cfg.max_seq_len:
-            raise LlmosError(f"sequence of {start + T} tokens exceeds the model's context of "
+        end = T + (max(kv_cache.lengths[first_slot:first_slot + B], default=0) if kv_cache is not None else 0)
+        if end > self.cfg.max_seq_len:
+            raise LlmosError(f"sequence of {end} tokens exceeds the model's context of "
                              f"{self.cfg.max_seq_len}: shorten the input or use --max-tokens")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
-        mask = None
-        if key_valid is not None:
-            causal = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
-            own = torch.zeros_like(causal)
-            own[:, start:] = torch.eye(T, dtype=torch.bool, device=idx.device)  # padding sees itself: no empty row
-            mask = ((causal & key_valid[:, None, :start + T]) | own)[:, None]
+        step = kv_cache.plan(first_slot, B, T, idx.device) if kv_cache is not None else None
+        if step is not None:
+            cos, sin = step.rope(self.rope_cos, self.rope_sin)
+        else:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed(idx)
         for block in self.layers:
-            x = block(x, cos, sin, kv_cache, mask)
-        if kv_cache is not None:
-            kv_cache.pos += T
-        x = self.norm(x)
+            x = block(x, cos, sin, step)
+        if step is not None:
+            step.commit()
+        logits = self.lm_head(self.norm(x)).float()
         if targets is None:
-            return self.lm_head(x).float()
-        logits = self.lm_head(x).float()
+            return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
-    def new_kv_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+    def new_kv_cache(self, slots: int = 1, max_len: int | None = None) -> KVCache:
         p = self.embed.weight
-        return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, p.device, p.dtype)
+        return KVCache(self.cfg, slots, max_len or self.cfg.max_seq_len, p.device, p.dtype)
 
     def decode_layout(self) -> "Transformer":
         """Store every matmul weight column-major (its transpose contiguous): same values and shapes,

@@ -145,7 +145,7 @@ def stage_pretrain(ctx: Context) -> dict:
 
 
 def stage_sample(ctx: Context) -> dict:
-    from llmos.engine import load_model
+    from llmos.load import load_model
     from llmos.train.pretrain import sampler
     model, tok, _ = load_model(ctx.run_dir / "base")
     samples = []

@@ -17,16 +17,18 @@ so stdout holds only the replies (and, interactively, the prompt).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import sys
-from dataclasses import dataclass
 from typing import Callable
 
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError
-from llmos.engine import generate, load_model, stream_text
+from llmos.infer.engine import generate, stream_text
+from llmos.infer.sampling import SamplingParams
+from llmos.load import load_model
 from llmos.model import Transformer
 
 COMMANDS = [
@@ -42,34 +44,26 @@ COMMANDS = [
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-@dataclass
-class Sampling:
-    temperature: float
-    top_k: int
-    top_p: float
-    max_tokens: int | None  # None: what the context leaves (see reply_room)
-    seed: int | None  # the same seed for every reply, so a reply depends only on the conversation
-
-
-def reply_room(sampling: Sampling, context: int) -> int:
+def reply_room(max_tokens: int | None, context: int) -> int:
     """Tokens a reply must have room for: --max-tokens, or by default a quarter of the context (at
     most 512), which keeps most of the context for the conversation so far."""
-    return sampling.max_tokens if sampling.max_tokens is not None else min(512, context // 4)
+    return max_tokens if max_tokens is not None else min(512, context // 4)
 
 
-def check_sampling(s: Sampling) -> None:
-    if not (math.isfinite(s.temperature) and s.temperature >= 0):
-        raise LlmosError(f"--temperature must be a number >= 0 (0: greedy), not {s.temperature}")
-    if s.top_k < 0:
-        raise LlmosError(f"--top-k must be >= 0 (0: no limit), not {s.top_k}")
-    if not 0 < s.top_p <= 1:
-        raise LlmosError(f"--top-p must be in (0, 1], not {s.top_p}")
+def check_sampling(params: SamplingParams) -> None:
+    """The sampling flags' faults, named as flags (the seed is the same for every reply, so a reply
+    depends only on the conversation)."""
+    try:
+        params.check()
+    except LlmosError as e:
+        name = str(e).split()[0]
+        raise LlmosError(f"--{name.replace('_', '-')}{str(e)[len(name):]}") from None
 
 
-def check_max_tokens(s: Sampling, context: int) -> None:
-    if s.max_tokens is not None and not 0 < s.max_tokens < context:
+def check_max_tokens(max_tokens: int | None, context: int) -> None:
+    if max_tokens is not None and not 0 < max_tokens < context:
         raise LlmosError(f"--max-tokens must be between 1 and {context - 1} (the model's context is "
-                         f"{context} tokens and the prompt needs some), not {s.max_tokens}")
+                         f"{context} tokens and the prompt needs some), not {max_tokens}")
 
 
 def notice(text: str) -> None:
@@ -81,8 +75,9 @@ def notice(text: str) -> None:
 class Conversation:
     """The system prompt, the exchanges so far, and the model that continues them."""
 
-    def __init__(self, model: Transformer, fmt: ChatFormat, system: str, sampling: Sampling):
-        self.model, self.fmt, self.sampling = model, fmt, sampling
+    def __init__(self, model: Transformer, fmt: ChatFormat, system: str, sampling: SamplingParams,
+                 max_tokens: int | None = None):
+        self.model, self.fmt, self.sampling, self.max_tokens = model, fmt, sampling, max_tokens  # None: what the context leaves
         self.system = system
         self.history: list[dict] = []  # user and assistant messages, alternating, oldest first
 
@@ -94,7 +89,7 @@ class Conversation:
     def _prompt(self, user_text: str) -> list[int]:
         """The prompt ids for a new user message, dropping the oldest exchanges until the prompt leaves
         room for a reply in the model's context."""
-        context, budget = self.model.cfg.max_seq_len, reply_room(self.sampling, self.model.cfg.max_seq_len)
+        context, budget = self.model.cfg.max_seq_len, reply_room(self.max_tokens, self.model.cfg.max_seq_len)
         system = [{"role": "system", "content": self.system}] if self.system else []
         user = {"role": "user", "content": user_text}
         dropped = 0
@@ -105,7 +100,7 @@ class Conversation:
             dropped += 1
         if len(prompt) + budget > context:
             what = "the system prompt and this message take" if system else "this message takes"
-            room = f"--max-tokens {budget}" if self.sampling.max_tokens is not None else f"{budget} tokens for the reply"
+            room = f"--max-tokens {budget}" if self.max_tokens is not None else f"{budget} tokens for the reply"
             raise LlmosError(f"{what} {len(prompt)} tokens; with {room} that exceeds the model's "
                              f"context of {context} tokens: write a shorter message"
                              + (" or /system a shorter one" if system else "") + " (or lower --max-tokens)")
@@ -119,12 +114,11 @@ class Conversation:
         """Sample the assistant's answer, passing each printable piece to `write` as it comes. The
         exchange joins the history even when interrupted (Ctrl-C), with the reply as far as it got."""
         prompt = self._prompt(user_text)
-        s = self.sampling
-        max_tokens = s.max_tokens if s.max_tokens is not None else self.model.cfg.max_seq_len - len(prompt)
+        max_tokens = self.max_tokens if self.max_tokens is not None else self.model.cfg.max_seq_len - len(prompt)
+        params = dataclasses.replace(self.sampling, max_tokens=max_tokens, stop_ids=list(self.fmt.stop_ids))
         pieces: list[str] = []
         try:
-            tokens = generate(self.model, prompt, max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
-                              stop_ids=self.fmt.stop_ids)
+            tokens = generate(self.model, prompt, params)
             for piece in stream_text(self.fmt.tok, tokens):
                 pieces.append(piece)
                 write(piece)
@@ -205,7 +199,8 @@ def interactive(chat: Conversation) -> None:
             notice(f"error: {e}")
 
 
-def run_chat(model_ref: str, system: str, sampling: Sampling, prompt: str | None = None) -> None:
+def run_chat(model_ref: str, system: str, sampling: SamplingParams, max_tokens: int | None = None,
+             prompt: str | None = None) -> None:
     """`llmos chat`: with `prompt` (or "-" for stdin) print one reply and return; else talk until /exit."""
     if prompt == "-":
         prompt = sys.stdin.read().strip()
@@ -214,8 +209,8 @@ def run_chat(model_ref: str, system: str, sampling: Sampling, prompt: str | None
     check_sampling(sampling)  # before loading, which may download and import a named model
     model, tok, info = load_model(model_ref)
     fmt = ChatFormat(tok, info["chat_template"])  # first: a model that cannot chat is the bigger problem
-    check_max_tokens(sampling, model.cfg.max_seq_len)
-    chat = Conversation(model, fmt, system, sampling)
+    check_max_tokens(max_tokens, model.cfg.max_seq_len)
+    chat = Conversation(model, fmt, system, sampling, max_tokens)
     if prompt is not None:
         chat.reply(prompt, write_stdout)
         print()

@@ -6,7 +6,9 @@ import pytest
 
 from conftest import llmos_cmd, subprocess_env
 from llmos.cli import main
-from llmos.engine import generate, load_model
+from llmos.infer.engine import generate
+from llmos.infer.sampling import SamplingParams
+from llmos.load import load_model
 
 VERBS = [["data", "list"], ["data", "prepare"], ["tokenizer", "train"], ["tokenizer", "encode"],
          ["tokenizer", "stats"], ["pretrain"], ["generate"], ["sft"], ["chat"], ["eval"], ["speedrun"], ["export"],
@@ -60,7 +62,8 @@ def test_tiny_speedrun_end_to_end(corpus_dir, tmp_path):
                                    "--seed", "1"), env=subprocess_env(), capture_output=True, text=True)
     # The command prints the prompt, then exactly the tokens the engine samples with the same settings.
     model, tok, _ = load_model(run / "base")
-    expected = list(generate(model, tok.encode("def", bos=True), 20, 0.8, 0, 0.95, 1, stop_ids=tok.stop_ids))
+    params = SamplingParams(max_tokens=20, temperature=0.8, top_k=0, top_p=0.95, seed=1, stop_ids=list(tok.stop_ids))
+    expected = list(generate(model, tok.encode("def", bos=True), params))
     assert expected and gen.returncode == 0, gen.stderr[-2000:]
     assert gen.stdout == "def" + tok.decode(expected) + "\n" and f"[{len(expected)} tokens" in gen.stderr
 

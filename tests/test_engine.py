@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from llmos.common import LlmosError
-from llmos.engine import generate, generate_batch, load_model, sample_next, stream_text
+from llmos.infer.engine import generate, generate_batch, stream_text
+from llmos.infer.sampling import SamplingParams, sample
+from llmos.load import load_model
 from llmos.model import ModelConfig, Transformer
 from llmos.params import load_params, read_metadata, save_params
 from llmos.tokenizer import Tokenizer
@@ -28,39 +30,40 @@ def model(tok):
 
 def test_sampling_is_deterministic_for_a_seed(model, tok):
     prompt = tok.encode("def main():", bos=True)
-    a = list(generate(model, prompt, 40, temperature=1.0, top_p=0.9, seed=7))
-    b = list(generate(model, prompt, 40, temperature=1.0, top_p=0.9, seed=7))
-    c = list(generate(model, prompt, 40, temperature=1.0, top_p=0.9, seed=8))
+    a = list(generate(model, prompt, SamplingParams(max_tokens=40, temperature=1.0, top_p=0.9, seed=7)))
+    b = list(generate(model, prompt, SamplingParams(max_tokens=40, temperature=1.0, top_p=0.9, seed=7)))
+    c = list(generate(model, prompt, SamplingParams(max_tokens=40, temperature=1.0, top_p=0.9, seed=8)))
     assert a == b and a != c and len(a) == 40
 
 
 def test_greedy_matches_argmax_of_full_forward(model, tok):
     prompt = tok.encode("import os", bos=True)
-    out = list(generate(model, prompt, 20, temperature=0))
+    out = list(generate(model, prompt, SamplingParams(max_tokens=20, temperature=0)))
     ids = list(prompt)
     with torch.no_grad():
         for _ in range(20):
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     assert out == ids[len(prompt):]
-    assert list(generate(model, prompt, 20, temperature=1.0, top_k=1, seed=3)) == out
+    assert list(generate(model, prompt, SamplingParams(max_tokens=20, temperature=1.0, top_k=1, seed=3))) == out
 
 
 def test_top_p_keeps_the_nucleus():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    draws = {int(sample_next(logits, 1.0, 0, 0.7, torch.Generator().manual_seed(i))) for i in range(200)}
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    params = SamplingParams(temperature=1.0, top_p=0.7)
+    draws = {sample(logits, params, torch.Generator().manual_seed(i)) for i in range(200)}
     assert draws == {0, 1}
 
 
 def test_generation_stops_at_stop_ids(model, tok):
     prompt = tok.encode("x", bos=True)
-    free = list(generate(model, prompt, 30, temperature=0))
-    stopped = list(generate(model, prompt, 30, temperature=0, stop_ids=[free[5]]))
+    free = list(generate(model, prompt, SamplingParams(max_tokens=30, temperature=0)))
+    stopped = list(generate(model, prompt, SamplingParams(max_tokens=30, temperature=0, stop_ids=[free[5]])))
     assert stopped == free[:free.index(free[5])]
 
 
 def test_context_overflow_is_a_clear_error(model, tok):
     with pytest.raises(LlmosError, match="exceeds the model's context of 128"):
-        list(generate(model, tok.encode("hi", bos=True), 200))
+        list(generate(model, tok.encode("hi", bos=True), SamplingParams(max_tokens=200)))
 
 
 def test_stream_text_holds_back_partial_characters(tok):
@@ -194,24 +197,24 @@ def test_checkpoint_whose_weights_do_not_fit_its_config(model, tok, tmp_path):
 def test_batched_greedy_matches_one_prompt_at_a_time(model, tok):
     prompts = [tok.encode(text, bos=True) for text in ("import os", "x", "def main():\n    return 42", "class A:")]
     stop = [tok.token_id("<|assistant_end|>")]
-    alone = [list(generate(model, p, 24, temperature=0, stop_ids=stop, yield_stop=True, repetition_penalty=1.3))
-             for p in prompts]
-    assert generate_batch(model, prompts, 24, stop_ids=stop, repetition_penalty=1.3) == alone
-    # A row that stops early ends with its stop token while the others go on.
-    free = [list(generate(model, p, 24, temperature=0)) for p in prompts]
+    params = SamplingParams(max_tokens=24, temperature=0, stop_ids=stop, repetition_penalty=1.3)
+    alone = [list(generate(model, p, params)) for p in prompts]
+    assert [s.tokens for s in generate_batch(model, prompts, params)] == alone
+    # A row that stops early leaves while the others go on; it says which stop ended it.
+    free = [list(generate(model, p, SamplingParams(max_tokens=24, temperature=0))) for p in prompts]
     early = free[0][5]
     first = free[0].index(early)  # where row 0 meets it first (at 5 or before)
-    batched = generate_batch(model, prompts, 24, stop_ids=[early])
-    assert batched[0] == free[0][:first + 1] and first + 1 < 24
-    assert batched[1:] == [row[:row.index(early) + 1] if early in row else row for row in free[1:]]
-    assert max(map(len, batched[1:])) > first + 1  # another row went on after row 0 stopped
+    batched = generate_batch(model, prompts, SamplingParams(max_tokens=24, temperature=0, stop_ids=[early]))
+    assert batched[0].tokens == free[0][:first] and batched[0].stopped_by == early and first + 1 < 24
+    assert [s.tokens for s in batched[1:]] == [row[:row.index(early)] if early in row else row for row in free[1:]]
+    assert max(len(s.tokens) for s in batched[1:]) > first  # another row went on after row 0 stopped
 
 
 def test_repetition_penalty_breaks_loops(model, tok):
     prompt = tok.encode("the the the", bos=True)
-    free = list(generate(model, prompt, 60, temperature=0))
-    assert list(generate(model, prompt, 60, temperature=0, repetition_penalty=1.0)) == free
-    penalized = list(generate(model, prompt, 60, temperature=0, repetition_penalty=3.0))
+    free = list(generate(model, prompt, SamplingParams(max_tokens=60, temperature=0)))
+    assert list(generate(model, prompt, SamplingParams(max_tokens=60, temperature=0, repetition_penalty=1.0))) == free
+    penalized = list(generate(model, prompt, SamplingParams(max_tokens=60, temperature=0, repetition_penalty=3.0)))
     assert len(set(penalized)) > len(set(free)), (len(set(free)), len(set(penalized)))
-    with pytest.raises(LlmosError, match="repetition-penalty must be positive"):
-        list(generate(model, prompt, 5, repetition_penalty=0))
+    with pytest.raises(LlmosError, match="repetition_penalty must be positive"):
+        list(generate(model, prompt, SamplingParams(max_tokens=5, repetition_penalty=0)))

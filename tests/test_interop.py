@@ -22,7 +22,9 @@ import torch
 from conftest import ROOT, llmos_cmd, require, subprocess_env
 from llmos.cli import main
 from llmos.common import LlmosError
-from llmos.engine import generate, load_model
+from llmos.infer.engine import generate
+from llmos.infer.sampling import SamplingParams
+from llmos.load import load_model
 from llmos.interop.convert import export_model, import_model, run_py_path
 from llmos.interop.layout import from_gguf_rope, gguf_name, hf_name, llmos_name_from_gguf, llmos_name_from_hf, to_gguf_rope
 from llmos.model import ModelConfig, Transformer
@@ -55,7 +57,7 @@ def llmos_reference(path: Path, n_greedy: int) -> tuple[list[int], np.ndarray, l
     ids = tok.encode(PROMPT, bos=True)
     with torch.no_grad():
         logits = model(torch.tensor([ids]))[0].numpy()
-    return ids, logits, list(generate(model, ids, n_greedy, temperature=0))
+    return ids, logits, list(generate(model, ids, SamplingParams(max_tokens=n_greedy, temperature=0)))
 
 
 # ----- layout -----
@@ -230,7 +232,7 @@ def test_an_installed_wheel_exports_a_running_run_py(tokenizer_path, tmp_path):
     assert ran.returncode == 0, ran.stderr[-2000:]
     mine, tok, _ = load_model(tmp_path / "dist" / "model.llmos")
     prompt = tok.encode("def", bos=True)
-    expected = list(generate(mine, prompt, 8, temperature=0, stop_ids=tok.stop_ids))  # run.py stops there too
+    expected = list(generate(mine, prompt, SamplingParams(max_tokens=8, temperature=0, stop_ids=list(tok.stop_ids))))  # run.py stops there too
     assert json.loads(ran.stdout) == {"prompt": prompt, "generated": expected}
 
 
@@ -441,7 +443,7 @@ def test_smollm2_matches_transformers_on_the_same_gguf(smollm2_home):
         hf.generation_config.eos_token_id = None  # plain greedy past eos, as llmos's generate below
         theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=32, do_sample=False,
                              pad_token_id=tok.eos_id)[0, len(ids):].tolist()
-    ours = list(generate(model, ids, 32, temperature=0))
+    ours = list(generate(model, ids, SamplingParams(max_tokens=32, temperature=0)))
     print(f"SmolLM2 vs transformers: max |logit diff| {diff:.2e}; greedy {tok.decode(ours)!r}")
     assert diff < 1e-3
     assert ours == theirs

@@ -19,10 +19,31 @@ def test_kv_cache_logits_equal_full_forward(kw):
     x = torch.randint(0, 300, (2, 48))
     with torch.no_grad():
         full = model(x)
-        cache = model.new_kv_cache(batch=2)
+        cache = model.new_kv_cache(slots=2)
         pieces = [model(x[:, :20], kv_cache=cache), model(x[:, 20:31], kv_cache=cache)]
         pieces += [model(x[:, t:t + 1], kv_cache=cache) for t in range(31, 48)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_at_different_lengths_decode_as_if_alone():
+    """A running batch holds sequences of different lengths: each row's logits equal a full forward
+    of its own sequence, and a slot copied elsewhere continues identically."""
+    model = _model(n_kv_heads=2)
+    seqs = [torch.randint(0, 300, (n,)) for n in (5, 17, 30)]
+    with torch.no_grad():
+        cache = model.new_kv_cache(slots=4)
+        for slot, s in enumerate(seqs):
+            model(s[None, :-1], kv_cache=cache, first_slot=slot)
+        assert cache.lengths == [4, 16, 29, 0]
+        batched = model(torch.stack([s[-1:] for s in seqs]), kv_cache=cache)[:, 0]
+        for row, s in enumerate(seqs):
+            torch.testing.assert_close(batched[row], model(s[None])[0, -1], atol=1e-5, rtol=1e-5)
+        cache.copy(src=1, dst=3)
+        nxt = torch.tensor([[7]])
+        a = model(nxt, kv_cache=cache, first_slot=1)
+        b = model(nxt, kv_cache=cache, first_slot=3)
+    torch.testing.assert_close(a, b)
+    assert cache.lengths == [5, 18, 30, 18]
 
 
 def test_model_is_causal():

@@ -16,7 +16,8 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from llmos.data.corpus import load_texts
-from llmos.engine import generate
+from llmos.infer.engine import generate
+from llmos.infer.sampling import SamplingParams
 from llmos.interop.convert import run_py_path
 from llmos.model import ModelConfig, Transformer
 from llmos.params import load_params, save_params
@@ -106,7 +107,7 @@ def params_files(tok, corpus_dir, tmp_path_factory):
 def test_greedy_matches_the_engine_without_torch(name, params_files, tok, numpy_only, rp):
     model, _, _ = load_params(params_files[name])  # the engine reads the same (bf16-rounded) weights
     prompt = tok.encode(PROMPT, bos=True)
-    expected = list(generate(model, prompt, 200, temperature=0))
+    expected = list(generate(model, prompt, SamplingParams(max_tokens=200, temperature=0)))
     assert tok.bos_id not in expected  # run.py stops at bos: the 200 tokens must not contain it
     r = run(numpy_only, params_files[name], PROMPT, "-t", 0, "-n", 200, "--ids")
     assert r.returncode == 0, r.stderr
@@ -128,7 +129,7 @@ def test_greedy_matches_the_engine_without_torch(name, params_files, tok, numpy_
 
 def test_streamed_text_is_prompt_plus_decoded_tokens(params_files, tok, numpy_only):
     model, _, _ = load_params(params_files["default"])
-    expected = list(generate(model, tok.encode(PROMPT, bos=True), 60, temperature=0))
+    expected = list(generate(model, tok.encode(PROMPT, bos=True), SamplingParams(max_tokens=60, temperature=0)))
     r = run(numpy_only, params_files["default"], PROMPT, "-t", 0, "-n", 60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == PROMPT + tok.decode(expected) + "\n"

@@ -9,7 +9,7 @@ import torch
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError, read_jsonl
 from llmos.data.conversations import build_mixture
-from llmos.engine import load_model
+from llmos.load import load_model
 from llmos.eval.assistant import EvalArgs, evaluate_assistant, identity_correct, names_subject, word_f1
 from llmos.model import ModelConfig, Transformer
 from llmos.params import save_params

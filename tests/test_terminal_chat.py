@@ -26,10 +26,12 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from conftest import ROOT, llmos_cmd, subprocess_env
 from llmos.chat import ChatFormat
-from llmos.engine import generate, load_model, stream_text
+from llmos.infer.engine import generate, stream_text
+from llmos.infer.sampling import SamplingParams
+from llmos.load import load_model
 from llmos.model import ModelConfig, Transformer
 from llmos.params import save_params
-from llmos.terminal_chat import Conversation, Sampling
+from llmos.terminal_chat import Conversation
 from llmos.tokenizer import Tokenizer
 
 PROMPT = "you> "
@@ -127,7 +129,7 @@ def test_one_shot_prompt_prints_exactly_the_reply(model_file):
     model, tok, info = load_model(model_file)
     fmt = ChatFormat(tok, info["chat_template"])
     prompt = fmt.render_prompt([{"role": "user", "content": QUESTION}])
-    expected = "".join(stream_text(tok, generate(model, prompt, 30, temperature=0, stop_ids=fmt.stop_ids)))
+    expected = "".join(stream_text(tok, generate(model, prompt, SamplingParams(max_tokens=30, temperature=0, stop_ids=list(fmt.stop_ids)))))
     command = llmos_cmd("chat", "--model", str(model_file), "--temperature", "0", "--max-tokens", "30")
     for args, stdin in ((["-p", QUESTION], b""), (["-p", "-"], QUESTION.encode())):
         done = subprocess.run(command + args, input=stdin, capture_output=True, env=subprocess_env(), timeout=60)
@@ -185,7 +187,7 @@ def test_ctrl_c_stops_a_reply_and_the_session_goes_on(model_file):
 
 def test_interrupted_reply_stays_in_the_history(model_file):
     model, tok, info = load_model(model_file)
-    chat = Conversation(model, ChatFormat(tok), "", Sampling(0.0, 50, 0.95, max_tokens=50, seed=None))
+    chat = Conversation(model, ChatFormat(tok), "", SamplingParams(temperature=0.0, top_k=50, top_p=0.95), max_tokens=50)
     shown = []
 
     def write_then_interrupt(piece: str) -> None:
@@ -200,7 +202,7 @@ def test_interrupted_reply_stays_in_the_history(model_file):
 
 def test_a_seed_makes_every_reply_reproducible(model_file):
     model, tok, _ = load_model(model_file)
-    chat = Conversation(model, ChatFormat(tok), "", Sampling(1.0, 0, 1.0, max_tokens=20, seed=None))
+    chat = Conversation(model, ChatFormat(tok), "", SamplingParams(temperature=1.0), max_tokens=20)
 
     def fresh_reply(seed: int) -> str:
         chat.clear()
@@ -254,7 +256,7 @@ def test_default_reply_length_fits_any_context(short_context_model_file, capsys,
                           capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert done.returncode == 0 and done.stdout.strip(), done.stderr[-2000:]
     model, tok, _ = load_model(short_context_model_file)
-    chat = Conversation(model, ChatFormat(tok), "", Sampling(0.0, 0, 1.0, max_tokens=None, seed=None))
+    chat = Conversation(model, ChatFormat(tok), "", SamplingParams(temperature=0.0))
     prompt, generated = chat._prompt(QUESTION), []
 
     def counted(*args, **kwargs):

@@ -36,7 +36,9 @@ from tqdm import tqdm
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError, read_jsonl, write_json
 from llmos.data.conversations import extract_answer
-from llmos.engine import generate_batch, load_model
+from llmos.infer.engine import Engine
+from llmos.infer.sampling import SamplingParams
+from llmos.load import load_model
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
 from llmos.train.sft import conversation_loss, pad_id, render_all
@@ -76,19 +78,23 @@ def names_subject(reply: str, subject: str) -> bool:
 
 def replies_to(model: Transformer, fmt: ChatFormat, conversations: list[list[dict]], args: EvalArgs,
                label: str = "") -> list[tuple[str, bool] | None]:
-    """Greedy replies, in batches of similar prompt length: (text, whether it ended its turn properly)
-    per conversation, or None where the prompt leaves no room for max_tokens."""
+    """Greedy replies, decoded `batch_size` at a time by the engine (a finished reply's row takes the
+    next prompt at once): (text, whether it ended its turn properly) per conversation, or None where
+    the prompt leaves no room for max_tokens. Any special token ends a reply."""
     prompts = [fmt.render_prompt(messages) for messages in conversations]
     fits = [i for i, p in enumerate(prompts) if len(p) + args.max_tokens <= model.cfg.max_seq_len]
-    fits.sort(key=lambda i: len(prompts[i]))
-    specials, out = fmt.special_ids, [None] * len(prompts)
-    batches = [fits[i:i + args.batch_size] for i in range(0, len(fits), args.batch_size)]
-    for batch in tqdm(batches, desc=f"eval {label}".strip(), unit="batch", leave=False):
-        replies = generate_batch(model, [prompts[i] for i in batch], args.max_tokens, stop_ids=specials,
-                                 repetition_penalty=args.repetition_penalty, pad_id=pad_id(fmt.tok))
-        for i, reply in zip(batch, replies):
-            ended = bool(reply) and reply[-1] == fmt.end_of_turn_id
-            out[i] = fmt.tok.decode(reply[:-1] if reply and reply[-1] in specials else reply), ended
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0, repetition_penalty=args.repetition_penalty,
+                            stop_ids=sorted(fmt.special_ids))
+    longest = max((len(prompts[i]) for i in fits), default=0)
+    engine = Engine(model, max_batch=max(1, min(args.batch_size, len(fits))), max_len=longest + args.max_tokens + 1)
+    seqs = {i: engine.add(prompts[i], params)[0] for i in fits}
+    with tqdm(total=len(fits), desc=f"eval {label}".strip(), unit="reply", leave=False) as bar:
+        while engine.has_work:
+            engine.step()
+            bar.update(sum(s.finished for s in seqs.values()) - bar.n)
+    out = [None] * len(prompts)
+    for i, seq in seqs.items():
+        out[i] = fmt.tok.decode(seq.tokens), seq.stopped_by == fmt.end_of_turn_id
     return out
 
 

@@ -7,7 +7,7 @@
     import_model("path/to/hf-llama-dir", "models/llama.llmos")
     import_model("smollm2-135m-instruct", "smollm2.llmos")             # a named model (catalog.py)
 
-The model reference is anything `llmos.engine.load_model` accepts (run directory, .llmos file, .pt
+The model reference is anything `llmos.load.load_model` accepts (run directory, .llmos file, .pt
 checkpoint, named model). `--format llmos` writes the params file and copies the standalone
 `run.py` next to it, so the two files travel together; run.py ships inside the package
 (`llmos/run.py`, found with importlib.resources; the repository root links to it). Imports become
@@ -41,7 +41,7 @@ def _model_name(ref: str, provenance: dict) -> str:
 
 def export_model(ref: str | Path, fmt: str, out: str | Path, dtype: str = "f32") -> list[Path]:
     """Write model `ref` in format `fmt`; returns the paths written."""
-    from llmos.engine import load_model
+    from llmos.load import load_model
     if fmt not in FORMATS:
         raise LlmosError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if dtype not in FORMATS[fmt]:

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from llmos.checkpoint import CKPT_VERSION, latest_checkpoint, load_checkpoint  # noqa: F401  (re-exported for the stages)
 from llmos.common import LlmosError, atomic_write, file_lock, os_error_message
 from llmos.model import Transformer, default_lr
 from llmos.perf import compute_dtype, describe_machine, fast_bf16, matmul_peak_flops
@@ -44,7 +45,6 @@ from llmos.report import read_metrics
 from llmos.train.budget import MEASURE_STEPS, Budget, Schedule, format_plan
 from llmos.train.muon import Muon
 
-CKPT_VERSION = 1
 
 
 @dataclass
@@ -461,24 +461,3 @@ def refuse_existing_run(run_dir: Path) -> None:
     """A new run must not silently mix with (and prune the checkpoints of) one already in run_dir."""
     if list((Path(run_dir) / "checkpoints").glob("step_*.pt")):
         raise LlmosError(f"{run_dir} already holds a run: pass --resume to continue it, or --out for a new one")
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path:
-    found = sorted(Path(ckpt_dir).glob("step_*.pt"))
-    if not found:
-        raise LlmosError(f"no checkpoint in {ckpt_dir} to resume from: start the run without --resume")
-    return found[-1]
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise LlmosError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise LlmosError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}): "
-                         "delete it to fall back to the previous one, or retrain") from None
-    if not isinstance(state, dict) or state.get("version") != CKPT_VERSION or "model" not in state:
-        raise LlmosError(f"{path} is not an llmos checkpoint (version {CKPT_VERSION})")
-    return state

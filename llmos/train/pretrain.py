@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from llmos.common import LlmosError, llmos_home, write_json
 from llmos.data.shards import TokenLoader, build_shards, eval_batches, load_tokens
-from llmos.engine import generate
+from llmos.infer.engine import generate
+from llmos.infer.sampling import SamplingParams
 from llmos.model import ModelConfig, Transformer
 from llmos.params import check_vocab, save_params
 from llmos.report import plot_metrics
@@ -90,8 +91,8 @@ def sampler(tok: Tokenizer, prompt: str, max_tokens: int = 48, seed: int = 0):
     def sample(model: Transformer) -> str:
         ids = tok.encode(prompt, bos=True)
         n = min(max_tokens, model.cfg.max_seq_len - len(ids))
-        return prompt + tok.decode(generate(model, ids, n, temperature=0.8, top_k=50, seed=seed,
-                                            stop_ids=[tok.bos_id]))
+        params = SamplingParams(max_tokens=n, temperature=0.8, top_k=50, seed=seed, stop_ids=[tok.bos_id])
+        return prompt + tok.decode(generate(model, ids, params))
     return sample
 
 

@@ -36,7 +36,9 @@ import torch
 
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError, llmos_home, read_jsonl, write_json
-from llmos.engine import generate, open_model
+from llmos.infer.engine import generate
+from llmos.infer.sampling import SamplingParams
+from llmos.load import open_model
 from llmos.model import Transformer, default_lr
 from llmos.params import save_params
 from llmos.report import plot_metrics
@@ -179,8 +181,8 @@ def conversation_loss(model: Transformer, rendered: list[tuple[list[int], list[i
 def chat_sampler(fmt: ChatFormat, question: str = SAMPLE_QUESTION, max_tokens: int = 48):
     def sample(model: Transformer) -> str:
         prompt = fmt.render_prompt([{"role": "user", "content": question}])
-        reply = generate(model, prompt, min(max_tokens, model.cfg.max_seq_len - len(prompt)),
-                         temperature=0, stop_ids=fmt.stop_ids)
+        room = min(max_tokens, model.cfg.max_seq_len - len(prompt))
+        reply = generate(model, prompt, SamplingParams(max_tokens=room, temperature=0, stop_ids=list(fmt.stop_ids)))
         return f"{question} -> {fmt.tok.decode(list(reply))}"
     return sample
 

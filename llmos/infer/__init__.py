@@ -1,0 +1,1 @@
+"""The inference layer: sampling settings, the continuous-batching engine and scheduler, constraints, tool calls."""

@@ -1,0 +1,398 @@
+"""The one decode path: a batch of sequences that join and leave while it runs (continuous batching).
+
+    engine = Engine(model, tok, max_batch=16)
+    seqs = engine.add(prompt_ids, SamplingParams(max_tokens=64, temperature=0))   # n=3: 3 samples, 1 prefill
+    while engine.has_work:
+        engine.step()                      # admit, prefill a chunk, sample every running row, feed them
+    seqs[0].tokens, seqs[0].text, seqs[0].finish_reason, seqs[0].logprobs
+
+    for token_id in generate(model, prompt, params): ...          # batch 1, streamed
+    done = generate_batch(model, prompts, params, tok)             # many prompts at once
+
+Each step: (1) sequences waiting for a slot are prefilled in a one-slot staging cache, a chunk of
+`prefill_chunk` tokens per step while others decode (a long prompt never stalls the batch), after
+reusing whatever the prefix cache holds of their start; a finished prefill is copied into a free
+row (into n rows for n samples of one prompt). (2) Rows with forced tokens pending (a tool's result:
+appended, not sampled) feed them. (3) Every row samples its next token from its own logits with its
+own SamplingParams, generator and constraint, and is checked against its stop ids, stop strings,
+max_tokens, deadline and cancellation. (4) Finished rows leave at once; the last row moves into the
+hole, so running rows are always slots 0..B-1 and one batched forward feeds them all.
+
+Rows sit at different lengths in the KV cache, each at its own positions (llmos/model.py KVCache),
+so a greedy sequence produces the same tokens alone as among others, up to float rounding in the
+batched matmuls (a near-tie may flip; tests/test_engine.py measures that). The engine is single-
+threaded: the scheduler (llmos/infer/scheduler.py) runs it in a thread and feeds it requests.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol
+
+import torch
+
+from llmos.common import LlmosError
+from llmos.infer.prefix_cache import PrefixCache
+from llmos.infer.sampling import SamplingParams, adjust_logits, sample
+from llmos.model import Transformer
+from llmos.tokenizer import Tokenizer
+
+PREFILL_CHUNK = 512  # prompt tokens prefilled per step while other rows decode
+
+
+class Constraint(Protocol):
+    """What the engine needs of a decoding constraint (llmos/infer/constrain.py builds them)."""
+    def allowed(self, vocab_size: int) -> torch.Tensor: ...
+    def advance(self, token_id: int) -> None: ...
+
+
+@dataclass
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # the likeliest tokens at this position and their log-probabilities
+
+
+_ids = itertools.count()
+
+
+class Sequence:
+    """One generated reply: its prompt, settings, tokens so far, printable text and how it ended.
+    `finish_reason`: None while running, then "stop" (a stop id or string: `stopped_by`), "length"
+    (max_tokens or the context), "cancelled" or "timeout"."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, tok: Tokenizer | None,
+                 constraint: Constraint | None = None, deadline: float | None = None, device="cpu"):
+        self.id = next(_ids)
+        self.prompt, self.params, self.tok, self.constraint, self.deadline = prompt, params, tok, constraint, deadline
+        self.tokens: list[int] = []  # generated and forced, in order (never the stop token)
+        self.forced_mask: list[bool] = []
+        self.logprobs: list[TokenLogprob | None] = []  # per token; None for forced ones
+        self.text = ""  # printable reply text released so far (stop strings and partial characters held back)
+        self.finish_reason: str | None = None
+        self.stopped_by: int | str | None = None
+        self.generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
+        self.counts: torch.Tensor | None = None  # occurrences of each token in this reply (penalties)
+        self.cached: list[int] = []  # tokens whose keys and values are in the cache
+        self.cancel_step: int | None = None  # the engine step at which cancel() was called
+        self.stop_logprob: TokenLogprob | None = None  # of the stop token that ended it (RL scores it too)
+        self.engine: "Engine | None" = None
+        self._forced: deque[list[int]] = deque()
+        self._cancelled = False
+        self._stop_hold = max((len(s) for s in params.stop), default=1) - 1
+        self.new_tokens = 0  # tokens appended since the consumer last looked (see take_new)
+        self.generated = 0  # sampled tokens (max_tokens counts these; forced ones are free)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """Stop this sequence; its row is freed at the engine's next step. Safe from any thread."""
+        if not self._cancelled:
+            self.cancel_step = self.engine.steps if self.engine is not None else None
+        self._cancelled = True
+
+    def force(self, ids: list[int]) -> None:
+        """Append these tokens as if generated (a tool result): fed at the next step, never sampled."""
+        if ids:
+            self._forced.append(list(ids))
+
+    def take_new(self) -> list[int]:
+        new = self.tokens[len(self.tokens) - self.new_tokens:] if self.new_tokens else []
+        self.new_tokens = 0
+        return new
+
+    def _full_text(self) -> str:
+        return self.tok.decode(self.tokens) if self.tok is not None else ""
+
+    def _append(self, token: int, forced: bool, logprob: TokenLogprob | None) -> None:
+        self.tokens.append(token)
+        self.forced_mask.append(forced)
+        self.logprobs.append(logprob)
+        self.new_tokens += 1
+        if not forced:
+            self.generated += 1
+            if self.counts is not None:
+                self.counts[token] += 1
+        if self.tok is None:
+            return
+        text = self._full_text()
+        for stop in self.params.stop:
+            at = text.find(stop, max(0, len(self.text) - len(stop)))
+            if at >= 0:
+                self.text = text[:at] if at >= len(self.text) else self.text
+                self._finish("stop", stop)
+                return
+        if text.endswith("\ufffd"):  # an unfinished UTF-8 character: wait for its other bytes
+            return
+        safe = len(text)
+        for n in range(min(self._stop_hold, len(text)), 0, -1):  # a stop string may be starting
+            if any(s.startswith(text[-n:]) for s in self.params.stop):
+                safe = len(text) - n
+                break
+        if safe > len(self.text):
+            self.text = text[:safe]
+
+    def _finish(self, reason: str, stopped_by: int | str | None = None) -> None:
+        if self.finish_reason is None:
+            self.finish_reason, self.stopped_by = reason, stopped_by
+            if reason != "stop" or isinstance(stopped_by, int):
+                text = self._full_text()  # release what was held back: no stop string came
+                if self.tok is not None and len(text) > len(self.text):
+                    self.text = text
+
+
+class Engine:
+    def __init__(self, model: Transformer, tok: Tokenizer | None = None, max_batch: int = 16,
+                 max_len: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
+                 prefix_cache: PrefixCache | None = None):
+        self.model, self.tok = model, tok  # callers choose eval mode (training samples mid-run)
+        self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
+        self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        self.vocab_size = model.cfg.vocab_size
+        self.device = model.embed.weight.device
+        self.cache = model.new_kv_cache(slots=max_batch, max_len=self.max_len)
+        self.staging = model.new_kv_cache(slots=1, max_len=self.max_len)
+        self.prefix_cache = prefix_cache
+        self.running: list[Sequence] = []  # row i is slot i
+        self.next_logits = torch.zeros(max_batch, self.vocab_size, device=self.device)
+        self.waiting: deque[list[Sequence]] = deque()  # groups of samples of one prompt, first come first served
+        self.prefill_pos = 0  # tokens of the head group's prompt already in the staging cache
+        self.steps = 0  # engine steps so far (a clock that counts work, for tests and /metrics)
+        self.decode_steps = 0
+        self.tokens_generated = self.prompt_tokens = self.prompt_tokens_cached = 0
+        self.cancel_latency_max = 0  # most steps a cancelled sequence kept its row after cancel()
+
+    # ----- admission -----
+
+    def check_prompt(self, prompt: list[int], params: SamplingParams) -> None:
+        if not prompt:
+            raise LlmosError("the prompt is empty: give at least one token (e.g. bos)")
+        if len(prompt) >= self.max_len:
+            raise LlmosError(f"the prompt has {len(prompt)} tokens but the model's context here is "
+                             f"{self.max_len} tokens: shorten it")
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise LlmosError(f"the prompt holds token ids outside the vocabulary (0..{self.vocab_size - 1}): {bad[:3]}")
+
+    def add(self, prompt: list[int], params: SamplingParams, n: int = 1,
+            constraints: list[Constraint | None] | None = None, deadline: float | None = None) -> list[Sequence]:
+        """Queue `n` samples of one prompt (prefilled once). With a seed, sample i uses seed + i."""
+        group = self.make_group(prompt, params, n, constraints, deadline)
+        self.waiting.append(group)
+        return group
+
+    def make_group(self, prompt: list[int], params: SamplingParams, n: int = 1,
+                   constraints: list[Constraint | None] | None = None,
+                   deadline: float | None = None) -> list[Sequence]:
+        """The sequences `add` would queue, checked but not queued (the scheduler queues them from
+        its own thread)."""
+        self.check_prompt(prompt, params)
+        if params.stop and self.tok is None:
+            raise LlmosError("stop strings need the tokenizer: give the engine one")
+        if not 1 <= n <= self.max_batch:
+            raise LlmosError(f"n must be between 1 and {self.max_batch} (the engine's batch), not {n}")
+        group = []
+        for i in range(n):
+            p = params if params.seed is None or i == 0 else \
+                SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+            group.append(Sequence(list(prompt), p, self.tok, constraints[i] if constraints else None, deadline,
+                                  self.device))
+            group[-1].engine = self
+        return group
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    # ----- one step -----
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self.steps += 1
+        self._drop_cancelled_waiting()
+        self._prefill()
+        self._feed_forced()
+        if not self.running:
+            return
+        self.decode_steps += 1
+        tokens = [self._sample_row(row, seq) for row, seq in enumerate(self.running)]
+        row = 0
+        while row < len(self.running):
+            if self.running[row].finished:
+                tokens[row] = tokens[-1]
+                tokens.pop()
+                self._release(row)  # the last row moves here: look at this row again
+            else:
+                row += 1
+        if not self.running:
+            return
+        ids = torch.tensor(tokens, device=self.device)[:, None]
+        self.next_logits[:len(self.running)] = self.model(ids, kv_cache=self.cache)[:, 0]
+        for seq, token in zip(self.running, tokens):
+            seq.cached.append(token)
+
+    def _drop_cancelled_waiting(self) -> None:
+        for group in list(self.waiting):
+            for seq in group:
+                if seq._cancelled and not seq.finished:
+                    seq._finish("cancelled")
+            if all(s.finished for s in group):
+                if group is self.waiting[0]:
+                    self.prefill_pos = 0
+                self.waiting.remove(group)
+
+    def _prefill(self) -> None:
+        """Prefill the head of the queue, a chunk per step (all of it when nothing else is running)."""
+        budget = self.prefill_chunk
+        while self.waiting and len(self.running) + len(self.waiting[0]) <= self.max_batch:
+            if self.running and budget <= 0:
+                return
+            group = self.waiting[0]
+            prompt = group[0].prompt
+            if self.prefill_pos == 0:
+                self.staging.lengths[0] = 0
+                hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
+                if hit is not None:
+                    saved, length = hit
+                    self.staging.restore(0, saved, length)
+                    self.prefill_pos = length
+                    self.prompt_tokens_cached += length
+            take = budget if self.running else self.prefill_chunk
+            chunk = prompt[self.prefill_pos:self.prefill_pos + take]
+            logits = self.model(torch.tensor([chunk], device=self.device), kv_cache=self.staging)[0, -1]
+            self.prefill_pos += len(chunk)
+            self.prompt_tokens += len(chunk)
+            budget -= len(chunk)
+            if self.prefill_pos < len(prompt):
+                continue
+            self.waiting.popleft()
+            self.prefill_pos = 0
+            if self.prefix_cache is not None:
+                self.prefix_cache.store(prompt, self.staging.export(0, len(prompt)))
+            for seq in group:
+                if seq.finished:  # cancelled while its prompt was prefilled
+                    continue
+                row = len(self.running)
+                self.cache.copy(0, row, source=self.staging)
+                self.next_logits[row] = logits
+                seq.cached = list(prompt)
+                if seq.params.penalized:
+                    seq.counts = torch.zeros(self.vocab_size, device=self.device)
+                self.running.append(seq)
+
+    def _feed_forced(self) -> None:
+        for row, seq in enumerate(self.running):
+            while seq._forced:
+                ids = seq._forced.popleft()
+                room = self.max_len - self.cache.lengths[row] - 1
+                if len(ids) > room:
+                    ids = ids[:max(room, 0)]
+                    seq._forced.clear()
+                    seq._finish("length")
+                for token in ids:
+                    seq._append(token, forced=True, logprob=None)
+                    if seq.constraint is not None:
+                        seq.constraint.advance(token)
+                for start in range(0, len(ids), self.prefill_chunk):
+                    piece = ids[start:start + self.prefill_chunk]
+                    out = self.model(torch.tensor([piece], device=self.device), kv_cache=self.cache, first_slot=row)
+                    self.next_logits[row] = out[0, -1]
+                    seq.cached.extend(piece)
+
+    def _sample_row(self, row: int, seq: Sequence) -> int | None:
+        if seq.finished:
+            return None
+        if seq._cancelled:
+            seq._finish("cancelled")
+            return None
+        if seq.deadline is not None and time.monotonic() > seq.deadline:
+            seq._finish("timeout")
+            return None
+        params = seq.params
+        logits = adjust_logits(self.next_logits[row], params, seq.counts)
+        logprob = None
+        if params.logprobs or params.top_logprobs:
+            logprobs = logits.log_softmax(-1)
+        if seq.constraint is not None:
+            logits = logits.masked_fill(~seq.constraint.allowed(self.vocab_size), float("-inf"))
+        token = sample(logits, params, seq.generator)
+        if params.logprobs or params.top_logprobs:
+            top = torch.topk(logprobs, params.top_logprobs) if params.top_logprobs else None
+            logprob = TokenLogprob(token, float(logprobs[token]),
+                                   list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [])
+        if token in params.stop_ids:
+            seq.stop_logprob = logprob
+            seq._finish("stop", token)
+            return None
+        if seq.constraint is not None:
+            seq.constraint.advance(token)
+        seq._append(token, forced=False, logprob=logprob)
+        self.tokens_generated += 1
+        if not seq.finished and (seq.generated >= params.max_tokens or self.cache.lengths[row] >= self.max_len):
+            seq._finish("length")
+        return None if seq.finished else token
+
+    def _release(self, row: int) -> None:
+        """Free a finished row at once: the last row moves into its place."""
+        seq = self.running[row]
+        if seq.cancel_step is not None:
+            self.cancel_latency_max = max(self.cancel_latency_max, self.steps - seq.cancel_step)
+        if self.prefix_cache is not None and seq.finish_reason in ("stop", "length"):
+            self.prefix_cache.store(seq.cached, self.cache.export(row, self.cache.lengths[row]))
+        last = len(self.running) - 1
+        if row != last:
+            self.cache.copy(last, row)
+            self.next_logits[row] = self.next_logits[last]
+            self.running[row] = self.running[last]
+        self.running.pop()
+        self.cache.lengths[last] = 0
+
+
+@torch.inference_mode()
+def generate(model: Transformer, prompt: list[int], params: SamplingParams, tok: Tokenizer | None = None,
+             constraint: Constraint | None = None) -> Iterator[int]:
+    """Token ids of one reply, streamed as they are sampled (never the stop token that ends it)."""
+    params.check(vocab_size=model.cfg.vocab_size)
+    if prompt and len(prompt) + params.max_tokens > model.cfg.max_seq_len:
+        raise LlmosError(f"prompt ({len(prompt)} tokens) plus max tokens ({params.max_tokens}) exceeds the model's "
+                         f"context of {model.cfg.max_seq_len} tokens: shorten one of them")
+    engine = Engine(model, tok, max_batch=1, max_len=len(prompt) + params.max_tokens + 1)
+    seq, = engine.add(prompt, params, constraints=[constraint])
+    while not seq.finished:
+        engine.step()
+        yield from seq.take_new()
+
+
+@torch.inference_mode()
+def generate_batch(model: Transformer, prompts: list[list[int]], params: SamplingParams,
+                   tok: Tokenizer | None = None, max_batch: int = 32) -> list[Sequence]:
+    """Every prompt's reply, decoded together (continuous batching; at most `max_batch` rows at once)."""
+    params.check(vocab_size=model.cfg.vocab_size)
+    longest = max(map(len, prompts), default=0)
+    if longest + params.max_tokens > model.cfg.max_seq_len:
+        raise LlmosError(f"prompt ({longest} tokens) plus max tokens ({params.max_tokens}) exceeds the model's "
+                         f"context of {model.cfg.max_seq_len} tokens")
+    engine = Engine(model, tok, max_batch=max(1, min(max_batch, len(prompts))), max_len=longest + params.max_tokens + 1)
+    seqs = [engine.add(p, params)[0] for p in prompts]
+    while engine.has_work:
+        engine.step()
+    return seqs
+
+
+def stream_text(tok: Tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
+    """Turn a token stream into printable text pieces, holding back bytes of an unfinished character."""
+    ids: list[int] = []
+    printed = ""
+    for token_id in token_ids:
+        ids.append(token_id)
+        text = tok.decode(ids)
+        if not text.endswith("\ufffd") and len(text) > len(printed):
+            yield text[len(printed):]
+            printed = text
+    text = tok.decode(ids)
+    if len(text) > len(printed):
+        yield text[len(printed):]
