@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 is the CPU wheel: any other spec can pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install dev demo test bench clean
+.PHONY: install dev system-deps demo test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,10 +23,28 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
+# Programs some tests drive, as FILE:DEBIAN-PACKAGE (the browser test: chromium through chromedriver).
+SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver
+
+# Installs the missing ones where it can (root with apt-get). Elsewhere, or when apt fails, it says
+# what is missing and lets the tests run: those that need a program skip, naming it, or fail under
+# CI=true. `apt-get update` runs only when the install fails, since it is slow and needs the network.
+system-deps:
+	@missing=""; \
+	for dep in $(SYSTEM_DEPS); do [ -e "$${dep%%:*}" ] || missing="$$missing $${dep#*:}"; done; \
+	[ -n "$$missing" ] || exit 0; \
+	install="apt-get install -y -q --no-install-recommends$$missing"; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "system-deps: missing Debian packages:$$missing (as root: $$install)"; exit 0; \
+	fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$install || { apt-get update -q && $$install; } \
+		|| echo "system-deps: could not install$$missing; the tests that need them will skip (fail under CI=true)"
+
 demo: install
 	$(BIN)/llmos speedrun --preset cpu
 
-test: dev
+test: dev system-deps
 	$(BIN)/python -m pytest
 
 bench: dev
