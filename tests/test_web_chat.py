@@ -104,7 +104,7 @@ def send_and_wait(driver, text: str, replies_before: int, press_enter: bool) -> 
 
 def test_chat_page_streams_a_multi_turn_conversation(browser_factory, tmp_path, tokenizer_path):
     driver = browser_factory()
-    model_path = tiny_chat_model(tmp_path / "tiny.llmos", tokenizer_path)
+    model_path = tiny_chat_model(tmp_path / "tiny.llmos", tokenizer_path, max_seq_len=1024)
     with running_server("--model", f"tiny={model_path}", log=tmp_path / "serve.log") as base_url:
         driver.get(base_url + "/")
         wait_until(driver, lambda d: d.execute_script(
@@ -112,9 +112,9 @@ def test_chat_page_streams_a_multi_turn_conversation(browser_factory, tmp_path, 
             "the model picker was not filled from /v1/models")
         driver.execute_script(WATCH_REPLIES)
         driver.find_element("id", "system").send_keys("You are terse.")
-        temperature = driver.find_element("id", "temperature")
-        temperature.clear()
-        temperature.send_keys("0")
+        for field, value in (("temperature", "0"), ("max-tokens", "16")):  # short replies keep 3 turns in context
+            driver.find_element("id", field).clear()
+            driver.find_element("id", field).send_keys(value)
 
         send_and_wait(driver, "Hello there", replies_before=0, press_enter=True)
         send_and_wait(driver, "And again", replies_before=1, press_enter=False)
@@ -125,7 +125,7 @@ def test_chat_page_streams_a_multi_turn_conversation(browser_factory, tmp_path, 
         assert [m["role"] for m in first["messages"]] == ["system", "user"]
         assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "user"]
         assert second["messages"][2]["content"], "the second turn did not carry the first reply"
-        assert second["model"] == "tiny" and second["stream"] is True and second["temperature"] == 0
+        assert (second["model"], second["stream"], second["temperature"], second["max_tokens"]) == ("tiny", True, 0, 16)
 
         screenshot_dir = Path(os.environ.get("LLMOS_SCREENSHOT_DIR") or tmp_path)
         screenshot_dir.mkdir(parents=True, exist_ok=True)

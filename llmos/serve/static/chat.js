@@ -11,7 +11,7 @@
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  model: $("model"), system: $("system"), temperature: $("temperature"),
+  model: $("model"), system: $("system"), temperature: $("temperature"), maxTokens: $("max-tokens"),
   apiKeyField: $("api-key-field"), apiKey: $("api-key"), input: $("input"), send: $("send"),
   stop: $("stop"), newChat: $("new-chat"), messages: $("messages"), error: $("error"),
   composer: $("composer"),
@@ -202,6 +202,7 @@ async function sendMessage() {
   try {
     const system = ui.system.value.trim();
     const temperature = parseFloat(ui.temperature.value);
+    const maxTokens = parseInt(ui.maxTokens.value, 10);
     const body = {
       model: ui.model.value,
       messages: system ? [{ role: "system", content: system }, ...conversation] : conversation,
@@ -209,6 +210,7 @@ async function sendMessage() {
       stream_options: { include_usage: true },
     };
     if (!Number.isNaN(temperature)) body.temperature = temperature;
+    if (maxTokens > 0) body.max_tokens = maxTokens;
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json", ...authHeaders() },
