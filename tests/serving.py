@@ -5,7 +5,8 @@
 
 `tiny_chat_model(path, tokenizer_path)` writes a small random-weight model with llmos's native chat
 layout: enough for every API behaviour (its replies are gibberish, but real tokens from a real
-decode), and it loads in a fraction of a second.
+decode; never special tokens, so they are never empty, and they run to max_tokens), and it loads
+in a fraction of a second.
 """
 from __future__ import annotations
 
@@ -38,8 +39,12 @@ def tiny_chat_model(path: Path, tokenizer_path: Path, max_seq_len: int = 256, se
     tok = Tokenizer.load(tokenizer_path)
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                      max_seq_len=max_seq_len)
-    return save_params(path, Transformer(cfg), tok, provenance={"name": path.stem})
+                      max_seq_len=max_seq_len, tie_embeddings=False)
+    model = Transformer(cfg)
+    with torch.no_grad():  # replies of text, never of turn markers: special tokens score 0, the rest spread wide
+        model.lm_head.weight.mul_(20)
+        model.lm_head.weight[sorted(tok.hf.get_added_tokens_decoder())] = 0
+    return save_params(path, model, tok, provenance={"name": path.stem})
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -45,7 +46,8 @@ from llmos.common import LlmosError
 from llmos.infer.constrain import Constraint, schema_error
 from llmos.infer.engine import Sequence
 from llmos.infer.scheduler import QueueFull, Scheduler, ShuttingDown
-from llmos.infer.toolcalls import forced_call_schema, parse_tool_calls, tools_prompt, validate_tools
+from llmos.infer.toolcalls import (forced_call_schema, parse_tool_calls, stream_safe_length, tools_prompt,
+                                  validate_tools)
 from llmos.serve.protocol import ChatCompletionRequest, CompletionRequest, sampling_params
 from llmos.tokenizer import Tokenizer
 
@@ -62,6 +64,16 @@ class ServedModel:
     fmt: ChatFormat | None = None  # None: the model cannot chat (fmt_error says why)
     fmt_error: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self):
+        specials = sorted((t.content for t in self.tok.hf.get_added_tokens_decoder().values() if t.special),
+                          key=len, reverse=True)
+        self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
+
+    def visible(self, text: str) -> str:
+        """Reply text as a client sees it: special tokens (a turn marker a weak model emits) left out,
+        as OpenAI-compatible servers do. Tool-call markers are read before this."""
+        return self._specials.sub("", text) if self._specials else text
 
     @property
     def context(self) -> int:
@@ -244,6 +256,12 @@ class Job:
     forced_call: bool = False
     started: float = field(default_factory=time.monotonic)
 
+    def streamable(self, seq: Sequence) -> str:
+        """The reply text that may be streamed now: all of it, unless it may still turn into tool calls."""
+        if self.forced_call:
+            return ""
+        return self.served.visible(seq.text[:stream_safe_length(seq.text)] if self.tools else seq.text)
+
     def result(self, seq: Sequence) -> tuple[str | None, list[dict], str]:
         """(content, tool calls, finish_reason) of a finished sequence."""
         if self.forced_call:
@@ -255,8 +273,8 @@ class Job:
         if self.tools:
             content, calls = parse_tool_calls(seq.text)
             if calls:
-                return content, openai_tool_calls(calls), "tool_calls"
-        return seq.text, [], finish_reason(seq)
+                return content and self.served.visible(content), openai_tool_calls(calls), "tool_calls"
+        return self.served.visible(seq.text), [], finish_reason(seq)
 
 
 def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConfig()) -> FastAPI:
@@ -413,10 +431,9 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
                     if first and s.tokens:
                         ttft.labels(job.served.name).observe(time.monotonic() - job.started)
                         first = False
-                    held = job.tools is not None or job.forced_call  # a reply with tools may turn into calls
-                    text = "" if held else s.text[sent_text[i]:]
+                    text = job.streamable(s)[sent_text[i]:]
                     tokens = len(s.tokens)
-                    if text or (not held and tokens > sent_tokens[i] and s.params.logprobs):
+                    if text or (tokens > sent_tokens[i] and s.params.logprobs and not job.tools):
                         for chunk in make_chunk(i, text, sent_tokens[i], tokens):
                             yield sse(chunk)
                         sent_text[i] += len(text)
@@ -470,6 +487,9 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         forced = wrap(lambda: forced_call_schema(body.tool_choice, tools), "tool_choice") if tools else None
         schema: dict | None | bool = False
         if forced is not None:
+            problem = schema_error(forced)
+            if problem:
+                raise ApiError(400, f"tool_choice: the forced function's parameters: {problem}", param="tools")
             schema = forced
         elif body.response_format is not None and body.response_format.type != "text":
             spec = body.response_format.json_schema
@@ -504,8 +524,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
             def final_chunks(i, seq, sent_text, sent_tokens):
                 content, calls, reason = job.result(seq)
                 delta: dict[str, Any] = {}
-                held = job.tools is not None or job.forced_call
-                rest = (content or "") if held else seq.text[sent_text:]
+                rest = (content or "")[sent_text:]
                 if rest:
                     delta["content"] = rest
                 if calls:
@@ -565,7 +584,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
             make_chunk.base = base
 
             def final_chunks(i, seq, sent_text, sent_tokens):
-                return [{**base, "choices": [{"index": i, "text": seq.text[sent_text:],
+                return [{**base, "choices": [{"index": i, "text": served.visible(seq.text)[sent_text:],
                                               "logprobs": lp(seq, sent_tokens, len(seq.tokens), 0),
                                               "finish_reason": finish_reason(seq)}]}]
 
@@ -573,7 +592,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
             return StreamingResponse(stream(job, make_chunk, final_chunks, include), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Request-Id": rid})
         await wait_all(job, request)
-        choices = [{"index": i, "text": echo + seq.text, "logprobs": lp(seq, 0, len(seq.tokens), len(echo)),
+        choices = [{"index": i, "text": echo + served.visible(seq.text), "logprobs": lp(seq, 0, len(seq.tokens), len(echo)),
                     "finish_reason": finish_reason(seq)} for i, seq in enumerate(seqs)]
         return {**base, "choices": choices, "usage": usage(job)}
 
