@@ -184,11 +184,14 @@ class KVCache:
     running batch (llmos/infer/engine.py keeps the running ones in slots 0..B-1)."""
 
     def __init__(self, cfg: ModelConfig, slots: int, max_len: int, device, dtype):
+        # Uninitialised, so that memory is touched only as deep as sequences reach (a server's cache
+        # is slots x the whole context); `plan` zeroes positions before anything can read them.
         shape = (slots, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.slots, self.max_len = slots, max_len
         self.lengths = [0] * slots
+        self.zeroed = 0  # positions 0..zeroed-1 of every slot hold finite values
 
     def plan(self, first: int, count: int, T: int, device) -> "CacheStep":
         starts = self.lengths[first:first + count]
@@ -196,12 +199,23 @@ class KVCache:
             raise LlmosError(f"rows {first}..{first + count - 1} exceed the cache's {self.slots} slots")
         if max(starts) + T > self.max_len:
             raise LlmosError(f"sequence of {max(starts) + T} tokens exceeds the cache's {self.max_len} positions")
+        self._zero_through(max(starts) + T)
         return CacheStep(self, first, count, T, starts, device)
+
+    def _zero_through(self, reach: int) -> None:
+        """Give positions up to `reach` finite values before any write or read there: a masked-out
+        key still multiplies its value by 0, and uninitialised memory could hold a NaN."""
+        if reach > self.zeroed:
+            for k, v in zip(self.k, self.v):
+                k[:, :, self.zeroed:reach].zero_()
+                v[:, :, self.zeroed:reach].zero_()
+            self.zeroed = reach
 
     def copy(self, src: int, dst: int, length: int | None = None, source: "KVCache | None" = None) -> None:
         """Slot `dst` takes the first `length` cached tokens of slot `src` (of `source`, default this cache)."""
         source = source or self
         n = source.lengths[src] if length is None else length
+        self._zero_through(n)
         for layer in range(len(self.k)):
             self.k[layer][dst, :, :n] = source.k[layer][src, :, :n]
             self.v[layer][dst, :, :n] = source.v[layer][src, :, :n]
@@ -212,6 +226,7 @@ class KVCache:
         return [(k[slot, :, :length].clone(), v[slot, :, :length].clone()) for k, v in zip(self.k, self.v)]
 
     def restore(self, slot: int, saved: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        self._zero_through(length)
         for (k, v), kc, vc in zip(saved, self.k, self.v):
             kc[slot, :, :length] = k[:, :length]
             vc[slot, :, :length] = v[:, :length]
@@ -283,14 +298,19 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        mask, causal = None, T > 1
-        if step is not None:
+        rep = cfg.n_heads // cfg.n_kv_heads
+        if step is None:  # training
+            if rep > 1:
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        else:
             k, v = step.update(self.layer, k, v)
-            mask, causal = step.mask, step.causal
-        if cfg.n_kv_heads != cfg.n_heads:
-            rep = cfg.n_heads // cfg.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+            if T == 1 and rep > 1:  # decode: a kv head's query heads become its queries (no copies of k, v)
+                y = F.scaled_dot_product_attention(q.view(B, cfg.n_kv_heads, rep, cfg.head_dim), k, v,
+                                                   attn_mask=step.mask).view(B, cfg.n_heads, 1, cfg.head_dim)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, is_causal=step.causal,
+                                                   enable_gqa=rep > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -375,6 +395,13 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
+    def batched_layout(self) -> "Transformer":
+        """The output head row-major again, for decoding several rows at once: on CPUs where MKL
+        misses its best kernels (AMD), a 4-row product with a 49k-token head takes ~9 ms row-major
+        and ~30 ms column-major (docs/log.md); the layers' small matrices do not care."""
+        self.lm_head.weight.data = self.lm_head.weight.data.contiguous()
         return self
 
     def num_params(self) -> int:

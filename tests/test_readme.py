@@ -25,6 +25,7 @@ SKIPPED = {
     "torchrun": "a GPU-sized model in eight processes (test_train runs torchrun with two)",
     "bench/gpu_check.sh": "needs a GPU",
     "llmos scaling": "the sweep takes 45 minutes (test_scaling runs a small one through the same code)",
+    "llmos serve": "a server that runs until stopped (test_serve and test_web_chat start it on a free port)",
 }
 
 

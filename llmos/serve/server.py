@@ -45,6 +45,8 @@ def load_served_models(specs: dict[str, str], max_batch: int, max_len: int, pref
     served = {}
     for name, ref in specs.items():
         model, tok, info = load_model(ref)
+        if max_batch > 1 and model.embed.weight.device.type == "cpu":
+            model.batched_layout()
         try:
             fmt, fmt_error = ChatFormat(tok, info.get("chat_template", "")), ""
         except LlmosError as e:
