@@ -53,6 +53,13 @@ ROLES = ("system", "user", "assistant", "tool")
 TURN_TOKENS = {role: (f"<|{role}_start|>", f"<|{role}_end|>") for role in ("system", "user", "assistant")}
 TOOL_CALL = ("<|tool_call_start|>", "<|tool_call_end|>")
 TOOL_RESULT = ("<|tool_result_start|>", "<|tool_result_end|>")
+# The native layout as a Jinja chat template, for exports to tools that only read templates
+# (llama.cpp, transformers): the same tokens as ChatFormat's native rendering, tool calls aside.
+NATIVE_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'tool' %}<|tool_result_start|>{{ m['content'] }}<|tool_result_end|>"
+    "{% else %}<|{{ m['role'] }}_start|>{{ m['content'] or '' }}<|{{ m['role'] }}_end|>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant_start|>{% endif %}")
 
 
 

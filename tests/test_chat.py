@@ -214,3 +214,15 @@ def test_the_time_limit_holds_in_a_worker_thread(chatml_tok, monkeypatch):
 
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(in_worker).result() == normal.render_prompt(CONV[1:2])
+
+
+def test_native_chat_template_renders_the_native_layout(tok):
+    """Exports (GGUF for llama.cpp, Hugging Face) carry the native layout as a Jinja template: it must
+    give the very tokens ChatFormat renders, so llama.cpp's servers prompt an llmos model as llmos does."""
+    from llmos.chat import NATIVE_CHAT_TEMPLATE
+    from llmos.template import compile_template, render_template
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "What is 2 + 2?"}]
+    text = render_template(compile_template(NATIVE_CHAT_TEMPLATE), messages=messages, add_generation_prompt=True,
+                           bos_token="<|bos|>", eos_token="")
+    assert tok.hf.encode(text, add_special_tokens=False).ids == ChatFormat(tok).render_prompt(messages)

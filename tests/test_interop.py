@@ -57,7 +57,7 @@ def llmos_reference(path: Path, n_greedy: int) -> tuple[list[int], np.ndarray, l
     ids = tok.encode(PROMPT, bos=True)
     with torch.no_grad():
         logits = model(torch.tensor([ids]))[0].numpy()
-    return ids, logits, list(generate(model, ids, SamplingParams(max_tokens=n_greedy, temperature=0)))
+    return ids, logits, list(generate(model, ids, SamplingParams(max_tokens=n_greedy, temperature=0))) if n_greedy else []
 
 
 # ----- layout -----

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from llmos.chat import NATIVE_CHAT_TEMPLATE, TURN_TOKENS
 from llmos.common import LlmosError, atomic_write
 from llmos.params import load_params, save_params
 
@@ -49,6 +50,8 @@ def export_model(ref: str | Path, fmt: str, out: str | Path, dtype: str = "f32")
     out = Path(out).expanduser()
     model, tok, info = load_model(ref)
     chat_template = info.get("chat_template", "")
+    if not chat_template and fmt in ("gguf", "hf") and tok.hf.token_to_id(TURN_TOKENS["assistant"][0]) is not None:
+        chat_template = NATIVE_CHAT_TEMPLATE  # llama.cpp and transformers chat through templates alone
     if fmt == "gguf":
         from llmos.interop.gguf_io import write_gguf
         name = _model_name(str(ref), info.get("provenance", {}))

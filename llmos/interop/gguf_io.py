@@ -138,6 +138,9 @@ def write_gguf(path: str | Path, model: Transformer, tok: Tokenizer, chat_templa
     w.add_add_eos_token(False)
     if chat_template:
         w.add_chat_template(chat_template)
+    end_of_turn = tok.hf.token_to_id("<|assistant_end|>")
+    if end_of_turn is not None:  # llmos's own chat layout: a reply ends there, not at eos
+        w.add_eot_token_id(end_of_turn)
 
     for key, tensor in model.state_dict().items():
         if cfg.tie_embeddings and key == "lm_head.weight":
