@@ -361,9 +361,10 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, first_slot: int = 0):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, first_slot: int = 0, last=None):
         """With `kv_cache`, row b of `idx` continues the sequence in slot first_slot + b, after the
-        tokens already cached there (rows may be at different lengths)."""
+        tokens already cached there (rows may be at different lengths). `last` (B,): logits only at
+        position last[b] of each row, (B, V) (a prefill needs no more, and the head is costly)."""
         B, T = idx.shape
         end = T + (max(kv_cache.lengths[first_slot:first_slot + B], default=0) if kv_cache is not None else 0)
         if end > self.cfg.max_seq_len:
@@ -379,6 +380,8 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, step)
         if step is not None:
             step.commit()
+        if last is not None:
+            x = x[torch.arange(B, device=x.device), last]
         logits = self.lm_head(self.norm(x)).float()
         if targets is None:
             return logits

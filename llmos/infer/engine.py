@@ -89,6 +89,13 @@ class Sequence:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that reshapes or reports the distribution: a batched argmax suffices."""
+        p = self.params
+        return (p.greedy and not p.penalized and not p.logit_bias and not p.logprobs and not p.top_logprobs
+                and self.constraint is None)
+
     def cancel(self) -> None:
         """Stop this sequence; its row is freed at the engine's next step. Safe from any thread."""
         if not self._cancelled:
@@ -219,7 +226,11 @@ class Engine:
         if not self.running:
             return
         self.decode_steps += 1
-        tokens = [self._sample_row(row, seq) for row, seq in enumerate(self.running)]
+        # Plain greedy rows (most of a server's and every eval's) take one argmax over the batch.
+        plain = any(seq.plain_greedy for seq in self.running)
+        argmax = self.next_logits[:len(self.running)].argmax(-1).tolist() if plain else None
+        tokens = [self._sample_row(row, seq, argmax[row] if plain and seq.plain_greedy else None)
+                  for row, seq in enumerate(self.running)]
         row = 0
         while row < len(self.running):
             if self.running[row].finished:
@@ -246,8 +257,70 @@ class Engine:
                 self.waiting.remove(group)
 
     def _prefill(self) -> None:
-        """Prefill the head of the queue, a chunk per step (all of it when nothing else is running)."""
+        """Admit waiting prompts: short ones (at most `prefill_chunk` tokens left after the prefix
+        cache) together, in one forward straight into free rows; a long one through the one-slot
+        staging cache, a chunk per step while others decode (all of it when nothing else runs)."""
         budget = self.prefill_chunk
+        if self.prefill_pos == 0:
+            budget -= self._prefill_short(budget)
+        self._prefill_long(budget)
+
+    def _prefill_short(self, budget: int) -> int:
+        """Prefill the short prompts at the head of the queue as one batch; returns the tokens fed."""
+        batch, rows, used, reach = [], len(self.running), 0, (0, 0)
+        while self.waiting and rows + len(self.waiting[0]) <= self.max_batch:
+            prompt = self.waiting[0][0].prompt
+            hit = self.prefix_cache.lookup(prompt, count=False) if self.prefix_cache is not None else None
+            start = hit[1] if hit else 0
+            new = len(prompt) - start
+            widest = (max(reach[0], start), max(reach[1], new))  # every row is padded to the longest
+            if new > self.prefill_chunk or sum(widest) > self.max_len or \
+                    ((batch or self.running) and used + new > budget):
+                break
+            group = self.waiting.popleft()
+            batch.append((group, prompt, hit))
+            rows, used, reach = rows + len(group), used + new, widest
+        if not batch:
+            return 0
+        first = len(self.running)
+        for i, (_, prompt, hit) in enumerate(batch):
+            if self.prefix_cache is not None:
+                self.prefix_cache.record(hit)
+            if hit:
+                self.cache.restore(first + i, *hit)
+            else:
+                self.cache.lengths[first + i] = 0
+        starts = [hit[1] if hit else 0 for _, _, hit in batch]
+        width = max(len(p) - s for (_, p, _), s in zip(batch, starts))
+        ids = [p[s:] + [p[-1]] * (width - len(p) + s) for (_, p, _), s in zip(batch, starts)]
+        last = torch.tensor([len(p) - s - 1 for (_, p, _), s in zip(batch, starts)], device=self.device)
+        logits = self.model(torch.tensor(ids, device=self.device), kv_cache=self.cache, first_slot=first, last=last)
+        siblings = []
+        for i, ((group, prompt, _), start) in enumerate(zip(batch, starts)):
+            row = first + i
+            self.cache.lengths[row] = len(prompt)  # the padding after it is never attended: overwritten first
+            self.prompt_tokens += len(prompt) - start
+            self.prompt_tokens_cached += start
+            if self.prefix_cache is not None and self.prefix_cache.wants(prompt):
+                self.prefix_cache.store(prompt, self.cache.export(row, len(prompt)))
+            live = [seq for seq in group if not seq.finished]  # a sample cancelled while it waited is gone
+            self._start(live[0], row, logits[i])
+            siblings += [(seq, row, logits[i]) for seq in live[1:]]
+        for seq, source, row_logits in siblings:  # n samples of one prompt: copies of its row
+            self.cache.copy(source, len(self.running))
+            self._start(seq, len(self.running), row_logits)
+        return used
+
+    def _start(self, seq: Sequence, row: int, logits: torch.Tensor) -> None:
+        """`seq`'s prompt is in row `row` (the next free one): it decodes from the next step."""
+        assert row == len(self.running)
+        self.next_logits[row] = logits
+        seq.cached = list(seq.prompt)
+        if seq.params.penalized:
+            seq.counts = torch.zeros(self.vocab_size, device=self.device)
+        self.running.append(seq)
+
+    def _prefill_long(self, budget: int) -> None:
         while self.waiting and len(self.running) + len(self.waiting[0]) <= self.max_batch:
             if self.running and budget <= 0:
                 return
@@ -257,13 +330,13 @@ class Engine:
                 self.staging.lengths[0] = 0
                 hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
                 if hit is not None:
-                    saved, length = hit
-                    self.staging.restore(0, saved, length)
-                    self.prefill_pos = length
-                    self.prompt_tokens_cached += length
+                    self.staging.restore(0, *hit)
+                    self.prefill_pos = hit[1]
+                    self.prompt_tokens_cached += hit[1]
             take = budget if self.running else self.prefill_chunk
             chunk = prompt[self.prefill_pos:self.prefill_pos + take]
-            logits = self.model(torch.tensor([chunk], device=self.device), kv_cache=self.staging)[0, -1]
+            logits = self.model(torch.tensor([chunk], device=self.device), kv_cache=self.staging,
+                                last=torch.tensor([len(chunk) - 1], device=self.device))[0]
             self.prefill_pos += len(chunk)
             self.prompt_tokens += len(chunk)
             budget -= len(chunk)
@@ -271,18 +344,12 @@ class Engine:
                 continue
             self.waiting.popleft()
             self.prefill_pos = 0
-            if self.prefix_cache is not None:
+            if self.prefix_cache is not None and self.prefix_cache.wants(prompt):
                 self.prefix_cache.store(prompt, self.staging.export(0, len(prompt)))
             for seq in group:
-                if seq.finished:  # cancelled while its prompt was prefilled
-                    continue
-                row = len(self.running)
-                self.cache.copy(0, row, source=self.staging)
-                self.next_logits[row] = logits
-                seq.cached = list(prompt)
-                if seq.params.penalized:
-                    seq.counts = torch.zeros(self.vocab_size, device=self.device)
-                self.running.append(seq)
+                if not seq.finished:  # not cancelled while its prompt was prefilled
+                    self.cache.copy(0, len(self.running), source=self.staging)
+                    self._start(seq, len(self.running), logits)
 
     def _feed_forced(self) -> None:
         for row, seq in enumerate(self.running):
@@ -303,7 +370,7 @@ class Engine:
                     self.next_logits[row] = out[0, -1]
                     seq.cached.extend(piece)
 
-    def _sample_row(self, row: int, seq: Sequence) -> int | None:
+    def _sample_row(self, row: int, seq: Sequence, greedy_token: int | None) -> int | None:
         if seq.finished:
             return None
         if seq._cancelled:
@@ -313,13 +380,16 @@ class Engine:
             seq._finish("timeout")
             return None
         params = seq.params
-        logits = adjust_logits(self.next_logits[row], params, seq.counts)
         logprob = None
-        if params.logprobs or params.top_logprobs:
-            logprobs = logits.log_softmax(-1)
-        if seq.constraint is not None:
-            logits = logits.masked_fill(~seq.constraint.allowed(self.vocab_size), float("-inf"))
-        token = sample(logits, params, seq.generator)
+        if greedy_token is not None:
+            token = greedy_token
+        else:
+            logits = adjust_logits(self.next_logits[row], params, seq.counts)
+            if params.logprobs or params.top_logprobs:
+                logprobs = logits.log_softmax(-1)
+            if seq.constraint is not None:
+                logits = logits.masked_fill(~seq.constraint.allowed(self.vocab_size), float("-inf"))
+            token = sample(logits, params, seq.generator)
         if params.logprobs or params.top_logprobs:
             top = torch.topk(logprobs, params.top_logprobs) if params.top_logprobs else None
             logprob = TokenLogprob(token, float(logprobs[token]),
@@ -341,7 +411,8 @@ class Engine:
         seq = self.running[row]
         if seq.cancel_step is not None:
             self.cancel_latency_max = max(self.cancel_latency_max, self.steps - seq.cancel_step)
-        if self.prefix_cache is not None and seq.finish_reason in ("stop", "length"):
+        if self.prefix_cache is not None and seq.finish_reason in ("stop", "length") \
+                and self.prefix_cache.wants(seq.cached):
             self.prefix_cache.store(seq.cached, self.cache.export(row, self.cache.lengths[row]))
         last = len(self.running) - 1
         if row != last:

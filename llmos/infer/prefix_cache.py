@@ -1,7 +1,8 @@
 """Keys and values of recent prompts, so that a prompt sharing their start prefills only what is new.
 
     cache = PrefixCache(max_bytes=256 << 20)
-    cache.store(tokens, kv_cache.export(slot, len(tokens)))    # after a prefill, or when a reply ends
+    if cache.wants(tokens):                                     # after a prefill, or when a reply ends
+        cache.store(tokens, kv_cache.export(slot, len(tokens)))
     hit = cache.lookup(prompt)                                  # (entry tokens, saved kv, shared length) or None
 
 The next turn of a conversation starts with the previous prompt and reply; requests that share a
@@ -45,22 +46,37 @@ class PrefixCache:
     def size(saved: Saved) -> int:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in saved)
 
-    def lookup(self, prompt: list[int]) -> tuple[Saved, int] | None:
+    def lookup(self, prompt: list[int], count: bool = True) -> tuple[Saved, int] | None:
         """The saved KV sharing the longest start with `prompt` and that length (always less than
-        the prompt's, so that at least one token is left to prefill for the next logits)."""
-        self.lookups += 1
+        the prompt's, so that at least one token is left to prefill for the next logits). With
+        count=False the hit rate does not see it (a peek: `record` counts it if it is used)."""
         best, best_len = None, 0
         for key in self.entries:
             n = shared_length(key, prompt)
             if n > best_len:
                 best, best_len = key, n
         best_len = min(best_len, len(prompt) - 1)
-        if best is None or best_len < self.min_tokens:
-            return None
-        self.entries.move_to_end(best)
-        self.hits += 1
-        self.tokens_reused += best_len
-        return self.entries[best], best_len
+        hit = None if best is None or best_len < self.min_tokens else (self.entries[best], best_len)
+        if hit is not None:
+            self.entries.move_to_end(best)
+        if count:
+            self.record(hit)
+        return hit
+
+    def record(self, hit: tuple[Saved, int] | None) -> None:
+        self.lookups += 1
+        if hit is not None:
+            self.hits += 1
+            self.tokens_reused += hit[1]
+
+    def wants(self, tokens: list[int]) -> bool:
+        """Whether `store` would add an entry for these tokens (so a copy of their KV is worth making);
+        a known entry just becomes the most recently used."""
+        key = tuple(tokens)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return False
+        return len(key) >= self.min_tokens
 
     def store(self, tokens: list[int], saved: Saved) -> None:
         key = tuple(tokens)

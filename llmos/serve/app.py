@@ -69,6 +69,7 @@ class ServedModel:
         specials = sorted((t.content for t in self.tok.hf.get_added_tokens_decoder().values() if t.special),
                           key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
+        self.fingerprint = self.tok.fingerprint()  # hashes the whole tokenizer: once, not per request
 
     def visible(self, text: str) -> str:
         """Reply text as a client sees it: special tokens (a turn marker a weak model emits) left out,
@@ -134,6 +135,39 @@ class BodyLimit:
     async def _refuse(self, scope, receive, send):
         await error_response(ApiError(413, f"the request body exceeds the limit of {self.limit:,} bytes",
                                       code="body_too_large"))(scope, receive, send)
+
+
+class RequestIds:
+    """ASGI middleware: every request gets an id (the client's X-Request-Id, else a new one) in
+    `request.state.request_id`, on its response's headers and on its log line; `done` counts it.
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which relays every chunk of a stream
+    through a second task (a measurable cost at hundreds of chunks a second)."""
+
+    def __init__(self, app, done):
+        self.app, self.done = app, done
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or f"req-{uuid.uuid4().hex[:16]}"
+        scope.setdefault("state", {})["request_id"] = rid
+        start, status = time.monotonic(), [0]
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*[(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"],
+                                      (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ApiError as e:  # raised below the routes (the body limit while reading)
+            if status[0]:
+                raise
+            await error_response(e, rid)(scope, receive, send_with_id)
+        self.done(scope, rid, status[0], time.monotonic() - start)
 
 
 class EngineCollector:
@@ -297,23 +331,14 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
 
     app = FastAPI(title="llmos", version="1", lifespan=lifespan,
                   description="OpenAI-compatible chat and completions over llmos models.")
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)  # inside RequestIds (added below)
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        rid = request.headers.get("x-request-id", "")[:64] or f"req-{uuid.uuid4().hex[:16]}"
-        request.state.request_id = rid
-        start = time.monotonic()
-        try:
-            response = await call_next(request)
-        except ApiError as e:  # raised below the routes (the body limit while reading)
-            response = error_response(e)
-        response.headers["X-Request-Id"] = rid
-        requests_total.labels(request.url.path if request.url.path in KNOWN_PATHS else "other",
-                              str(response.status_code)).inc()
-        log.info("%s %s %s %d %.3fs", rid, request.method, request.url.path, response.status_code,
-                 time.monotonic() - start)
-        return response
+    def request_done(scope, rid: str, status: int, seconds: float) -> None:
+        path = scope["path"]
+        requests_total.labels(path if path in KNOWN_PATHS else "other", str(status)).inc()
+        log.info("%s %s %s %d %.3fs", rid, scope["method"], path, status, seconds)
+
+    app.add_middleware(RequestIds, done=request_done)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError):
@@ -345,7 +370,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         return error_response(ApiError(500, f"internal error ({type(e).__name__}): please report it", kind="server_error"),
                               getattr(request.state, "request_id", None))
 
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: a sync dependency costs a worker thread per request
         if config.api_key is None:
             return
         given = request.headers.get("authorization", "")
@@ -509,7 +534,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         job = Job(served, seqs, queue, len(prompt), tools, forced is not None)
         rid = request.state.request_id
         base = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": served.name, "system_fingerprint": served.tok.fingerprint()}
+                "model": served.name, "system_fingerprint": served.fingerprint}
 
         if body.stream:
             def make_chunk(i, text, start, end):
