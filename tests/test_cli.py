@@ -12,7 +12,7 @@ from llmos.load import load_model
 
 VERBS = [["data", "list"], ["data", "prepare"], ["tokenizer", "train"], ["tokenizer", "encode"],
          ["tokenizer", "stats"], ["pretrain"], ["generate"], ["sft"], ["chat"], ["eval"], ["speedrun"], ["export"],
-         ["import"],
+         ["import"], ["serve"],
          ["scaling", "sweep"], ["scaling", "fit"], ["scaling", "predict"], ["scaling", "check"]]
 
 
@@ -30,6 +30,10 @@ def test_every_verb_has_help(verb, capsys):
     (["generate", "--model", "/no/such/model.llmos"], "no model at /no/such/model.llmos"),
     (["tokenizer", "encode", "--tokenizer", "/no/tok.json", "hi"], "no tokenizer at /no/tok.json"),
     (["pretrain", "--data", "/no/corpus"], "no prepared corpus in /no/corpus"),
+    (["serve", "--model", "/no/such/model.llmos"], "no model at /no/such/model.llmos"),
+    (["serve", "--model", "a=x", "--model", "a=y"], "the name 'a' is given twice"),
+    (["serve", "--model", "x", "--port", "70000"], "--port must be at most 65535"),
+    (["serve", "--model", "x", "--max-batch", "0"], "--max-batch must be at least 1"),
 ])
 def test_bad_inputs_get_one_clear_line(argv, message, capsys):
     assert main(argv) == 2

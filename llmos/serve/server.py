@@ -65,7 +65,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="a model to serve (repeat for several): run directory, .llmos file, .pt checkpoint or "
                         "named model; NAME is its id in the API (default: REF as written)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (0: any free one)")
     p.add_argument("--api-key", default=os.environ.get("LLMOS_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 and /metrics (default: $LLMOS_API_KEY)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per model")
