@@ -5,6 +5,7 @@ import subprocess
 import pytest
 
 from conftest import llmos_cmd, subprocess_env
+from llmos.chat import ChatFormat
 from llmos.cli import main
 from llmos.infer.engine import generate
 from llmos.infer.sampling import SamplingParams
@@ -56,9 +57,14 @@ def test_tiny_speedrun_end_to_end(corpus_dir, tmp_path):
     assert list(stages) == ["data", "tokenizer", "pretrain", "sample", "sft", "eval", "report"]
     assert stages["eval"]["sft"]["conversation loss"] < stages["eval"]["base"]["conversation loss"]
     assert (run / "sft" / "model.llmos").is_file() and "chat with it: llmos chat --model" in done.stdout
-    reply = subprocess.run(llmos_cmd("chat", "--model", str(run), "-p", "Who are you?", "--max-tokens", "8"),
-                           env=subprocess_env(), capture_output=True, text=True)
-    assert reply.returncode == 0 and reply.stdout.strip(), reply.stderr[-1000:]
+    reply = subprocess.run(llmos_cmd("chat", "--model", str(run), "-p", "Who are you?", "--max-tokens", "8",
+                                     "--temperature", "0"), env=subprocess_env(), capture_output=True, text=True)
+    # Exactly the assistant's greedy reply (a tiny model may end its turn at once: an empty reply is a reply)
+    model, tok, info = load_model(run)
+    fmt = ChatFormat(tok, info["chat_template"])
+    prompt = fmt.render_prompt([{"role": "user", "content": "Who are you?"}])
+    expected = tok.decode(generate(model, prompt, SamplingParams(max_tokens=8, temperature=0, stop_ids=fmt.stop_ids)))
+    assert reply.returncode == 0 and reply.stdout == expected + "\n", reply.stderr[-1000:]
     again = subprocess.run(llmos_cmd("speedrun", "--preset", "tiny", "--data", str(corpus_dir), "--out", str(run)),
                            env=subprocess_env(), capture_output=True, text=True)
     assert again.returncode == 0 and "pretrain: done earlier, skipping" in again.stdout
