@@ -40,7 +40,6 @@ class PrefixCache:
         self.entries: OrderedDict[tuple[int, ...], Saved] = OrderedDict()
         self.bytes = 0
         self.lookups = self.hits = 0
-        self.tokens_reused = 0
 
     @staticmethod
     def size(saved: Saved) -> int:
@@ -67,7 +66,6 @@ class PrefixCache:
         self.lookups += 1
         if hit is not None:
             self.hits += 1
-            self.tokens_reused += hit[1]
 
     def wants(self, tokens: list[int]) -> bool:
         """Whether `store` would add an entry for these tokens (so a copy of their KV is worth making);
@@ -93,7 +91,3 @@ class PrefixCache:
         while self.bytes > self.max_bytes:
             _, evicted = self.entries.popitem(last=False)
             self.bytes -= self.size(evicted)
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0

@@ -47,7 +47,6 @@ class Scheduler:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llmos-engine", daemon=True)
         self.requests_refused = 0
-        self.finished_sequences = 0
         self.seconds_per_sequence = 1.0  # running mean, for Retry-After
 
     def start(self) -> "Scheduler":
@@ -117,7 +116,6 @@ class Scheduler:
                     self._listeners[seq_id] = (seq, listener, len(seq.tokens), seq.finish_reason)
                 if seq.finished:
                     del self._listeners[seq_id]
-                    self.finished_sequences += 1
                     elapsed = time.monotonic() - seq.submitted
                     self.seconds_per_sequence += 0.1 * (elapsed - self.seconds_per_sequence)
         for seq, listener in changed:
