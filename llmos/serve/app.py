@@ -437,7 +437,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
     def sse(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-    async def stream(job: Job, make_chunk, final_chunks, include_usage: bool) -> AsyncIterator[str]:
+    async def stream(job: Job, base: dict, make_chunk, final_chunks, include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events as the engine releases text; cancels the sequences if the client leaves."""
         sent_text = [0] * len(job.seqs)
         sent_tokens = [0] * len(job.seqs)
@@ -470,7 +470,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
                 for chunk in final_chunks(i, s, sent_text[i], sent_tokens[i]):
                     yield sse(chunk)
             if include_usage:
-                yield sse({**make_chunk.base, "choices": [], "usage": usage(job)})
+                yield sse({**base, "choices": [], "usage": usage(job)})
             yield "data: [DONE]\n\n"
         finally:
             if not all(s.finished for s in job.seqs):
@@ -544,7 +544,6 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
                 lp = chat_logprobs(served.tok, seqs[i], start, end) if seqs[i].params.logprobs else None
                 return [{**base, "choices": [{"index": i, "delta": {"content": text}, "logprobs": lp,
                                               "finish_reason": None}]}]
-            make_chunk.base = base
 
             def final_chunks(i, seq, sent_text, sent_tokens):
                 content, calls, reason = job.result(seq)
@@ -562,7 +561,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
                 return out
 
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(job, make_chunk, final_chunks, include), media_type="text/event-stream",
+            return StreamingResponse(stream(job, base, make_chunk, final_chunks, include), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Request-Id": rid})
 
         await wait_all(job, request)
@@ -606,7 +605,6 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
                             for k in range(len(seqs))] if echo else []
                 return [{**base, "choices": [{"index": i, "text": text, "logprobs": lp(seqs[i], start, end, 0),
                                               "finish_reason": None}]}]
-            make_chunk.base = base
 
             def final_chunks(i, seq, sent_text, sent_tokens):
                 return [{**base, "choices": [{"index": i, "text": served.visible(seq.text)[sent_text:],
@@ -614,7 +612,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
                                               "finish_reason": finish_reason(seq)}]}]
 
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(job, make_chunk, final_chunks, include), media_type="text/event-stream",
+            return StreamingResponse(stream(job, base, make_chunk, final_chunks, include), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Request-Id": rid})
         await wait_all(job, request)
         choices = [{"index": i, "text": echo + served.visible(seq.text), "logprobs": lp(seq, 0, len(seq.tokens), len(echo)),
