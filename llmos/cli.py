@@ -7,6 +7,7 @@
     llmos chat --model RUN|NAME [-p "..."]              talk with a model in the terminal
     llmos serve --model RUN|NAME [--port 8000]          OpenAI-compatible server and web chat page
     llmos speedrun --preset cpu                         data -> tokenizer -> pretrain -> sample -> report
+    llmos eval --model M --data MIX | --loss FILE       score an assistant; perplexity on a text file
     llmos export --model RUN --format gguf|hf|llmos     for llama.cpp, Hugging Face, or params file + run.py
     llmos import model.gguf|HF_DIR --out m.llmos        a foreign Llama model into a params file
 
@@ -142,21 +143,60 @@ def cmd_sft(args):
               f"chat with it: llmos chat --model {result['run_dir']}")
 
 
+EVAL_SHARED = {  # flags of both `llmos eval` modes, with a default per mode
+    "max_tokens": "--data: reply length limit (default: 96); --loss: tokens scored at most (default: all)",
+    "batch_size": "--data: replies generated at once (default: 32); --loss: windows scored at once "
+                  "(default: 8, fewer when their logits would pass 1 GiB)",
+}
+EVAL_LOSS_ONLY = ("weights", "seq_len", "stride")
+
+
 def cmd_eval(args):
-    from llmos.eval.assistant import EvalArgs, evaluate_models
+    """Two modes of one verb: --data scores an assistant, --loss scores any model on a text file. A
+    flag of the other mode is an error rather than silently ignored."""
+    from llmos.eval.assistant import EvalArgs
+
+    def given(names):
+        return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, "")]
+
+    if args.loss:
+        wrong = given(["base"] + [f.name for f in dataclasses.fields(EvalArgs) if f.name not in EVAL_SHARED])
+        if wrong:
+            raise LlmosError(f"{', '.join(wrong)}: options of --data (assistant scores), not of --loss: drop them")
+        return eval_loss(args)
+    wrong = given(EVAL_LOSS_ONLY)
+    if wrong:
+        raise LlmosError(f"{', '.join(wrong)}: options of --loss (a text's perplexity), not of --data: drop them")
+    from llmos.eval.assistant import evaluate_models
     from llmos.report import markdown_table
+    eval_args = EvalArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalArgs)
+                            if getattr(args, f.name) is not None})  # a flag not given keeps EvalArgs' default
     models = {"base": args.base, "model": args.model} if args.base else {"model": args.model}
-    headers, rows, _ = evaluate_models(models, args.data, dataclass_from_args(EvalArgs, args), out=args.out)
+    headers, rows, _ = evaluate_models(models, args.data, eval_args, out=args.out)
     print(markdown_table(headers, rows))
     if args.out:
         print(f"results and every reply: {args.out}")
 
 
+def eval_loss(args):
+    from llmos.common import write_json
+    from llmos.eval.loss import evaluate_loss
+    r = evaluate_loss(args.model, args.loss, weights=args.weights, seq_len=args.seq_len, stride=args.stride,
+                      max_tokens=args.max_tokens, batch_size=args.batch_size, progress=True)
+    print(json.dumps(r))
+    if args.out:
+        write_json(args.out, r)
+    print(f"{r['file']}: {r['tokens']:,} tokens, {r['bytes']:,} bytes; loss {r['loss']:.4f} nats/token, "
+          f"perplexity {r['perplexity']:.3f}, {r['bits_per_byte']:.4f} bits/byte "
+          f"[{r['weights']}, windows of {r['seq_len']} by {r['stride']}, {r['seconds']:.1f} s]", file=sys.stderr)
+
+
 def cmd_generate(args):
     from llmos.infer.engine import generate, stream_text
     from llmos.infer.sampling import SamplingParams
+    from llmos.infer.speculate import PromptLookup
     from llmos.load import load_model
-    model, tok, _ = load_model(args.model)
+    model, tok, _ = load_model(args.model, weights=args.weights, compile=args.compile)
     ids = tok.encode(args.prompt, bos=True)
     max_tokens = args.max_tokens if args.max_tokens is not None else \
         max(1, min(GENERATE_TOKENS, model.cfg.max_seq_len - len(ids)))
@@ -167,7 +207,8 @@ def cmd_generate(args):
         nonlocal n
         params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed, stop_ids=list(tok.stop_ids))
-        for token_id in generate(model, ids, params):
+        speculator = PromptLookup() if args.speculate == "lookup" else None
+        for token_id in generate(model, ids, params, speculator=speculator, compile=args.compile):
             n += 1
             yield token_id
 
@@ -250,6 +291,18 @@ def cmd_scaling_check(args):
           f"actual {result['val_loss']:.4f} ({result['rel_error']:+.2%})")
 
 
+def add_inference_args(p: argparse.ArgumentParser, speculate_default: str = "none") -> None:
+    """How the engine runs a model (llmos/quant.py, llmos/infer/speculate.py)."""
+    p.add_argument("--weights", choices=["f32", "f16", "int8", "int4", "w8a8"],
+                   help="run the matrices in these weights (default: as the model file stores them)")
+    p.add_argument("--speculate", choices=["lookup", "none"], default=speculate_default,
+                   help="speculative decoding: lookup drafts tokens by copying from the context "
+                        f"(default: {speculate_default})")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (f32 and int4 weights; compiling costs ~10-60 s per "
+                        "shape up front, cached on disk)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from llmos.train.loop import TrainConfig
     from llmos.train.pretrain import DataArgs, ModelArgs
@@ -308,13 +361,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time a few steps here (compilation included), print the plan, write nothing under --out")
     p.set_defaults(func=cmd_sft)
 
-    p = verbs.add_parser("eval", help="score an assistant on held-out conversations and tasks (vs its base)",
-                         formatter_class=fmt)
+    p = verbs.add_parser("eval", help="score an assistant on held-out conversations and tasks (vs its base), or any "
+                                      "model's perplexity and bits per byte on a text file", formatter_class=fmt)
     p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
-    p.add_argument("--base", default="", help="a second model to show beside it (e.g. the base before SFT)")
-    p.add_argument("--data", required=True, help="a conversation mixture directory (its eval.jsonl), e.g. RUN/sft/data")
-    p.add_argument("--out", default="", help="write the scores and every reply to this JSON file")
-    add_dataclass_args(p, EvalArgs, "evaluation")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--data", help="score an assistant on a conversation mixture directory (its eval.jsonl), "
+                                     "e.g. RUN/sft/data")
+    mode.add_argument("--loss", metavar="FILE", help="score the model on a UTF-8 text file: perplexity and bits "
+                                                     "per byte (llmos/eval/loss.py)")
+    p.add_argument("--out", default="", help="write the scores (--data: and every reply) to this JSON file")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help=EVAL_SHARED["max_tokens"])
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help=EVAL_SHARED["batch_size"])
+    group, comments = p.add_argument_group("assistant scores (--data)"), field_comments(EvalArgs)
+    group.add_argument("--base", default="", help="a second model to show beside it (e.g. the base before SFT)")
+    for f in dataclasses.fields(EvalArgs):  # default None: a flag given with --loss is then an error
+        if f.name not in EVAL_SHARED:
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None,
+                               metavar=f.name.upper(), help=f"{comments[f.name]} (default: {f.default})")
+    group = p.add_argument_group("text loss (--loss)")
+    group.add_argument("--weights", choices=["f32", "f16", "int8", "int4", "w8a8"], default=None,
+                       help="run the matrices in these weights (default: as the model file stores them)")
+    group.add_argument("--seq-len", type=int, default=None,
+                       help="tokens per window (default: the model's context)")
+    group.add_argument("--stride", type=int, default=None,
+                       help="new tokens scored per window after the first (default: half the window; "
+                            "as long as the window: non-overlapping windows)")
     p.set_defaults(func=cmd_eval)
 
     p = verbs.add_parser("generate", help="sample text from a model", formatter_class=fmt)
@@ -322,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="", help="text to continue (empty: start from bos)")
     add_sampling_args(p, f"tokens to generate at most (default: {GENERATE_TOKENS}, or what the model's "
                          "context leaves after the prompt if less)", temperature=0.8, top_k=0)
+    add_inference_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = verbs.add_parser("serve", help="an OpenAI-compatible server with a chat page (continuous batching)",
@@ -346,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory, .llmos params file, .pt checkpoint or named model")
     p.add_argument("--format", required=True, choices=["llmos", "gguf", "hf"],
                    help="llmos: params file + run.py; gguf: llama.cpp / Ollama; hf: a transformers directory")
-    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"],
-                   help="llmos: f32|bf16; gguf: f32|f16|q8_0|q4_0|q4_1; hf: f32|f16|bf16")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "int8", "int4", "q8_0", "q4_0", "q4_1"],
+                   help="llmos: f32|bf16|f16|int8|int4 (matrices quantized; run.py expands them); "
+                        "gguf: f32|f16|q8_0|q4_0|q4_1; hf: f32|f16|bf16")
     p.add_argument("--out", required=True, help="gguf: the .gguf file; hf: a directory; llmos: a directory or .llmos file")
     p.set_defaults(func=cmd_export)
 
@@ -356,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a .gguf file, a Hugging Face model directory (config.json, safetensors, "
                                "tokenizer.json) or a named model (smollm2-135m-instruct)")
     p.add_argument("--out", required=True, help="the params file to write (MODEL.llmos)")
-    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="weights of the params file")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "keep"],
+                   help="weights of the params file: f32|bf16 expand every weight; keep holds a GGUF's "
+                        "Q4_0/Q4_1 matrices as int4 exactly, Q8_0 as int8 (per row), F16 as f16, and "
+                        "expands other types (K-quants) to f32")
     p.set_defaults(func=cmd_import)
 
     p = verbs.add_parser("speedrun", help="the whole pipeline in one go, with a report", formatter_class=fmt)

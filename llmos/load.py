@@ -6,7 +6,7 @@
 
 A run directory means its finished params file (a speedrun's assistant, then its base model), else
 its latest checkpoint. `open_model` leaves the weights in the training layout (for fine-tuning);
-`load_model` lays them out for fast decoding. Nothing here imports training code: the engine, the
+`load_model` makes an inference model (fused, quantized if asked: llmos/quant.py). Nothing here imports training code: the engine, the
 server and the exporters load models through this module alone.
 """
 from __future__ import annotations
@@ -22,10 +22,14 @@ from llmos.params import check_vocab, load_params, parse_tokenizer
 from llmos.tokenizer import Tokenizer
 
 
-def load_model(ref: str | Path, device: str = "cpu") -> tuple[Transformer, Tokenizer, dict]:
-    """The model behind a reference, in eval mode, laid out for fast decoding."""
+def load_model(ref: str | Path, device: str = "cpu", weights: str | None = None,
+               compile: bool = False) -> tuple[Transformer, Tokenizer, dict]:
+    """The model behind a reference as an inference model: q/k/v and gate/up fused, weights in
+    `weights` (f32, f16, int8, int4, w8a8: llmos/quant.py; None keeps what the file stores), laid out for
+    decoding (`compile`: for Engine(compile=True)). It cannot be trained: use open_model for that."""
     model, tok, info = open_model(ref, device)
-    return (model.decode_layout() if model.embed.weight.device.type == "cpu" else model), tok, info
+    model.prepare_inference(weights, stored=info.pop("quantized", None), compile=compile)
+    return model, tok, info
 
 
 def resolve_reference(ref: str | Path) -> Path:
@@ -67,8 +71,7 @@ def load_checkpoint_model(path: Path, device: str = "cpu") -> tuple[Transformer,
         raise LlmosError(f"{path} is a checkpoint of a LoRA fine-tuning still in progress: finish it "
                          "(`llmos sft ... --resume`) and use the run's model.llmos")
     check_weight_shapes(cfg, {k: v.shape for k, v in weights.items()}, str(path))
-    model = Transformer(cfg)
-    model.load_state_dict(weights, strict=False)  # names and shapes are checked; a tied lm_head is embed
+    model = Transformer.from_state(cfg, weights)  # names and shapes are checked; a tied lm_head is embed
     saved = state.get("provenance")
     provenance = {**(saved if isinstance(saved, dict) else {}), "checkpoint": str(path), "step": state.get("step")}
     return model.to(device).eval(), tok, {"chat_template": state.get("chat_template", ""), "provenance": provenance}

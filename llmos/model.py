@@ -277,6 +277,28 @@ class CacheStep:
             self.cache.lengths[row] += self.T
 
 
+class StaticStep:
+    """CacheStep for a compiled decode step: one token per row, each at its own position (a tensor),
+    attending over every slot of the cache with a mask, so that every shape is fixed by the cache and
+    the batch size alone and torch.compile builds the step once (llmos/infer/engine.py)."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], positions: torch.Tensor):
+        self.k, self.v, self.positions = k, v, positions
+        self.rows = torch.arange(positions.shape[0], device=positions.device)
+        keys = torch.arange(k[0].shape[2], device=positions.device)
+        self.mask = (keys[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, slots)
+        self.causal = False
+
+    def rope(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return cos[self.positions][:, None, None], sin[self.positions][:, None, None]  # (B, 1, 1, D)
+
+    def update(self, layer: int, k, v):
+        kc, vc = self.k[layer], self.v[layer]
+        kc[self.rows, :, self.positions] = k[:, :, 0]
+        vc[self.rows, :, self.positions] = v[:, :, 0]
+        return kc[:self.rows.shape[0]], vc[:self.rows.shape[0]]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -285,20 +307,36 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.qkv: nn.Module | None = None  # fuse() replaces q, k and v by one projection (inference)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
+    def fuse(self) -> None:
+        """One matmul for q, k and v: a third of the calls in decode, where each call's overhead counts."""
+        self.qkv = fused_linear(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
+
     def forward(self, x, cos, sin, step: CacheStep | None):
         B, T, _ = x.shape
         cfg = self.cfg
-        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        if cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        rep = cfg.n_heads // cfg.n_kv_heads
+        H, KV, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        if self.qkv is not None:
+            qkv = self.qkv(x).view(B, T, H + 2 * KV, D).transpose(1, 2)
+            if cfg.qk_norm:
+                q, k, v = qkv.split([H, KV, KV], dim=1)
+                q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+            else:  # q and k rotated together: half the rotary ops
+                qk, v = qkv.split([H + KV, KV], dim=1)
+                q, k = apply_rope(qk, cos, sin).split([H, KV], dim=1)
+        else:
+            q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)
+            k = self.k_proj(x).view(B, T, KV, D).transpose(1, 2)
+            v = self.v_proj(x).view(B, T, KV, D).transpose(1, 2)
+            if cfg.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        rep = H // KV
         if step is None:  # training
             if rep > 1:
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -306,12 +344,20 @@ class Attention(nn.Module):
         else:
             k, v = step.update(self.layer, k, v)
             if T == 1 and rep > 1:  # decode: a kv head's query heads become its queries (no copies of k, v)
-                y = F.scaled_dot_product_attention(q.view(B, cfg.n_kv_heads, rep, cfg.head_dim), k, v,
-                                                   attn_mask=step.mask).view(B, cfg.n_heads, 1, cfg.head_dim)
+                y = F.scaled_dot_product_attention(q.reshape(B, KV, rep, D), k, v,
+                                                   attn_mask=step.mask).view(B, H, 1, D)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, is_causal=step.causal,
                                                    enable_gqa=rep > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def fused_linear(*parts: nn.Linear) -> nn.Linear:
+    """One bias-free Linear whose output is the parts' outputs side by side."""
+    weight = torch.cat([p.weight.detach() for p in parts])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
 
 
 class MLP(nn.Module):
@@ -320,8 +366,16 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.gate_up: nn.Module | None = None
+
+    def fuse(self) -> None:
+        self.gate_up = fused_linear(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
 
     def forward(self, x):
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -356,6 +410,24 @@ class Transformer(nn.Module):
             for proj in (block.attn.o_proj, block.mlp.down_proj):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
 
+    @classmethod
+    def from_state(cls, cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> "Transformer":
+        """A model that holds `state`'s float32 tensors themselves: built on the meta device (no random
+        init, no second copy of the weights: loading SmolLM2 takes half the time and memory), then
+        every weight assigned. The caller has checked names and shapes (check_weight_shapes)."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
+        if cfg.tie_embeddings:
+            model.lm_head.weight = model.embed.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        model.register_buffer("rope_cos", cos, persistent=False)
+        model.register_buffer("rope_sin", sin, persistent=False)
+        unset = [name for name, p in model.named_parameters() if p.is_meta]
+        if unset:
+            raise LlmosError(f"no weights given for {unset[:3]}: the file is corrupt; export or download it again")
+        return model
+
     @staticmethod
     def _init(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -387,24 +459,73 @@ class Transformer(nn.Module):
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
+    def decode_static(self, idx, positions, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]):
+        """Logits (B, V) of one new token per row: row b of `idx` (B, 1) at position positions[b] of
+        cache slot b (KVCache.k and .v, written in place). Shapes depend only on the cache and B, so
+        torch.compile compiles it once; the caller zeroes the cache's unused slots and counts lengths."""
+        step = StaticStep(k_cache, v_cache, positions)
+        cos, sin = step.rope(self.rope_cos, self.rope_sin)
+        x = self.embed(idx)
+        for block in self.layers:
+            x = block(x, cos, sin, step)
+        return self.lm_head(self.norm(x[:, 0])).float()
+
     def new_kv_cache(self, slots: int = 1, max_len: int | None = None) -> KVCache:
-        p = self.embed.weight
+        p = self.norm.weight  # never quantized: its device and dtype are the activations'
         return KVCache(self.cfg, slots, max_len or self.cfg.max_seq_len, p.device, p.dtype)
 
-    def decode_layout(self) -> "Transformer":
-        """Store every matmul weight column-major (its transpose contiguous): same values and shapes,
-        but batch-1 decode on CPU runs ~25% faster, because MKL's row-major GEMV is slow where it
-        does not pick its best kernels (AMD; docs/log.md). For inference; training keeps row-major."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.data = module.weight.data.t().contiguous().t()
-        return self
+    def prepare_inference(self, weights: str | None = "f32", stored: dict | None = None,
+                          compile: bool = False) -> "Transformer":
+        """Make this model an inference model (it can no longer train): q/k/v and gate/up fused into
+        one matmul each, and every matmul weight in `weights` (llmos/quant.py: f32, f16, int8, int4, w8a8;
+        None keeps each weight as `stored` holds it, else f32). `stored` maps weight names to the
+        QuantizedWeights a file held, used as they are (a GGUF Q4_1 stays exactly Q4_1) when their
+        scheme is the one asked for. On CPU every matrix becomes a QuantLinear, f32 ones in oneDNN's
+        packed layout (llmos/quant.py says why), or plain with `compile` (for Engine(compile=True))."""
+        from llmos.quant import RUN_AS, QuantEmbedding, QuantLinear, QuantizedWeight, quantize
+        if weights is not None and weights not in RUN_AS:
+            raise LlmosError(f"unknown weights {weights!r}: choose one of {', '.join(RUN_AS)}")
+        kernel, weights = (weights, "int8") if weights == "w8a8" else (None, weights)
+        stored = stored or {}
+        on_cpu = self.rope_cos.device.type == "cpu"
 
-    def batched_layout(self) -> "Transformer":
-        """The output head row-major again, for decoding several rows at once: on CPUs where MKL
-        misses its best kernels (AMD), a 4-row product with a 49k-token head takes ~9 ms row-major
-        and ~30 ms column-major (docs/log.md); the layers' small matrices do not care."""
-        self.lm_head.weight.data = self.lm_head.weight.data.contiguous()
+        def weight(names: list[str], modules: list[nn.Module]):
+            """The QuantizedWeight for these (fused) rows, or None for f32."""
+            held = [stored.get(n) for n in names]
+            # as stored; parts stored differently (q and k Q4_0, v Q8_0) take the most precise of them
+            precision = ["int4", "int8", "f16", "f32"]
+            scheme = weights or max((h.scheme if h is not None else "f32" for h in held), key=precision.index)
+            if all(h is not None and h.scheme == scheme for h in held):
+                if len(held) == 1:
+                    return held[0]
+                cat = lambda ts: torch.cat(ts) if ts[0] is not None else None
+                return QuantizedWeight(scheme, (sum(h.shape[0] for h in held), held[0].shape[1]),
+                                       cat([h.data for h in held]), cat([h.scale for h in held]),
+                                       cat([h.offset for h in held]))
+            if scheme == "f32" and not on_cpu:
+                return None  # plain nn.Linear: cuBLAS needs no packing
+            return quantize(torch.cat([m.weight.detach() for m in modules]), scheme)
+
+        with torch.no_grad():
+            for i, block in enumerate(self.layers):
+                a, m, p = block.attn, block.mlp, f"layers.{i}."
+                qkv = weight([p + f"attn.{x}_proj.weight" for x in "qkv"], [a.q_proj, a.k_proj, a.v_proj])
+                gate_up = weight([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], [m.gate_proj, m.up_proj])
+                a.fuse()
+                m.fuse()
+                for owner, attr, q in ((a, "qkv", qkv), (m, "gate_up", gate_up),
+                                       (a, "o_proj", weight([p + "attn.o_proj.weight"], [a.o_proj])),
+                                       (m, "down_proj", weight([p + "mlp.down_proj.weight"], [m.down_proj]))):
+                    if q is not None:
+                        setattr(owner, attr, QuantLinear(q, pack=not compile, kernel=kernel))
+            head_names = ["embed.weight"] if self.cfg.tie_embeddings else ["lm_head.weight"]
+            head = weight(head_names, [self.lm_head])
+            emb = weight(["embed.weight"], [self.embed]) if not self.cfg.tie_embeddings else head
+            if emb is not None:
+                self.embed = QuantEmbedding(emb)
+            if head is not None:
+                self.lm_head = QuantLinear(head, pack=not compile, kernel=kernel)
+        self.requires_grad_(False)
         return self
 
     def num_params(self) -> int:

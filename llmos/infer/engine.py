@@ -35,11 +35,19 @@ import torch
 
 from llmos.common import LlmosError
 from llmos.infer.prefix_cache import PrefixCache
-from llmos.infer.sampling import SamplingParams, adjust_logits, sample
+from llmos.infer.sampling import SamplingParams, adjust_logits, distribution, sample
+from llmos.infer.speculate import Draft
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 512  # prompt tokens prefilled per step while other rows decode
+COMPILE_LEN_STEP = 256  # compiled decode: cache lengths are multiples of this (one compile each)
+
+
+class Speculator(Protocol):
+    """What the engine needs of a drafter (llmos/infer/speculate.py: PromptLookup, DraftModel)."""
+    def propose(self, row: int, context: list[int], params: SamplingParams, k: int) -> Draft: ...
+    def move(self, src: int, dst: int) -> None: ...
 
 
 class Constraint(Protocol):
@@ -79,6 +87,7 @@ class Sequence:
         self.cancel_step: int | None = None  # the engine step at which cancel() was called
         self.stop_logprob: TokenLogprob | None = None  # of the stop token that ended it (RL scores it too)
         self.engine: "Engine | None" = None
+        self.rejected: torch.Tensor | None = None  # a draft distribution rejected at the next position
         self._forced: deque[list[int]] = deque()
         self._cancelled = False
         self._stop_hold = max((len(s) for s in params.stop), default=1) - 1
@@ -95,6 +104,13 @@ class Sequence:
         p = self.params
         return (p.greedy and not p.penalized and not p.logit_bias and not p.logprobs and not p.top_logprobs
                 and self.constraint is None)
+
+    @property
+    def speculable(self) -> bool:
+        """Drafts can be checked for it: nothing that changes token by token (penalty counts, a
+        constraint's state) and no log-probs to report."""
+        p = self.params
+        return not p.penalized and not p.logprobs and not p.top_logprobs and self.constraint is None
 
     def cancel(self) -> None:
         """Stop this sequence; its row is freed at the engine's next step. Safe from any thread."""
@@ -155,12 +171,15 @@ class Sequence:
 class Engine:
     def __init__(self, model: Transformer, tok: Tokenizer | None = None, max_batch: int = 16,
                  max_len: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, speculator: "Speculator | None" = None,
+                 speculate_max_batch: int = 1, compile: bool = False):
         self.model, self.tok = model, tok  # callers choose eval mode (training samples mid-run)
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
         self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        if compile:  # the cache's length is a compiled shape: round it up, so that few shapes ever occur
+            self.max_len = min(-(-self.max_len // COMPILE_LEN_STEP) * COMPILE_LEN_STEP, model.cfg.max_seq_len)
         self.vocab_size = model.cfg.vocab_size
-        self.device = model.embed.weight.device
+        self.device = model.norm.weight.device
         self.cache = model.new_kv_cache(slots=max_batch, max_len=self.max_len)
         self.staging = model.new_kv_cache(slots=1, max_len=self.max_len)
         self.prefix_cache = prefix_cache
@@ -172,6 +191,13 @@ class Engine:
         self.decode_steps = 0
         self.tokens_generated = self.prompt_tokens = self.prompt_tokens_cached = 0
         self.cancel_latency_max = 0  # most steps a cancelled sequence kept its row after cancel()
+        # Speculative decoding (llmos/infer/speculate.py) in steps with at most speculate_max_batch
+        # rows: beyond a few rows a step is no longer overhead-bound, and drafts stop paying.
+        self.speculator, self.speculate_max_batch = speculator, speculate_max_batch
+        if speculator is not None and hasattr(speculator, "attach"):
+            speculator.attach(model, max_batch, self.max_len)
+        self.spec_drafted = self.spec_accepted = 0  # draft tokens proposed and kept
+        self.compiled = compiled_decode(model, self.cache) if compile else None
 
     # ----- admission -----
 
@@ -241,10 +267,73 @@ class Engine:
                 row += 1
         if not self.running:
             return
+        drafts = self._drafts(tokens)
+        if drafts is not None:
+            self._verify(tokens, drafts)
+            return
         ids = torch.tensor(tokens, device=self.device)[:, None]
-        self.next_logits[:len(self.running)] = self.model(ids, kv_cache=self.cache)[:, 0]
+        if self.compiled is not None:
+            rows = len(self.running)
+            positions = torch.tensor(self.cache.lengths[:rows], device=self.device)
+            self.next_logits[:rows] = self.compiled(ids, positions, self.cache.k, self.cache.v)
+            for row in range(rows):
+                self.cache.lengths[row] += 1
+        else:
+            self.next_logits[:len(self.running)] = self.model(ids, kv_cache=self.cache)[:, 0]
         for seq, token in zip(self.running, tokens):
             seq.cached.append(token)
+
+    def _drafts(self, tokens: list[int]) -> list[Draft] | None:
+        """Each row's draft to check with this step's token, or None when nothing is drafted."""
+        if self.speculator is None or len(self.running) > self.speculate_max_batch:
+            return None
+        drafts = []
+        # every row is fed as many tokens as the longest draft: each must have room for them all
+        room_all = min(self.max_len - self.cache.lengths[row] for row in range(len(self.running))) - 2
+        for row, (seq, token) in enumerate(zip(self.running, tokens)):
+            room = min(seq.params.max_tokens - seq.generated, room_all)
+            if not seq.speculable or room < 1:
+                drafts.append(Draft())
+                continue
+            drafts.append(self.speculator.propose(row, seq.cached + [token], seq.params, room))
+        return drafts if any(d.tokens for d in drafts) else None
+
+    def _verify(self, tokens: list[int], drafts: list[Draft]) -> None:
+        """Feed every row its token and its draft in one forward; keep each row's drafts up to the
+        first the model would not have produced itself (speculate.py says why this is exact)."""
+        width = 1 + max(len(d.tokens) for d in drafts)
+        starts = [self.cache.lengths[row] for row in range(len(self.running))]
+        ids = [[t] + d.tokens + [t] * (width - 1 - len(d.tokens)) for t, d in zip(tokens, drafts)]
+        logits = self.model(torch.tensor(ids, device=self.device), kv_cache=self.cache)
+        for row, (seq, token, draft) in enumerate(zip(self.running, tokens, drafts)):
+            kept = 0
+            self.cache.lengths[row] = starts[row] + 1  # as plain decoding would have it at each check
+            for i, proposed in enumerate(draft.tokens):
+                if seq.finished or not self._agrees(seq, logits[row, i], proposed, draft, i):
+                    break
+                kept += 1
+                self._accept(row, seq, proposed, None)
+                self.cache.lengths[row] += 1
+            self.spec_drafted += len(draft.tokens)
+            self.spec_accepted += kept
+            # the rejected positions are forgotten: the row's length ends after the kept drafts
+            seq.cached += [token] + draft.tokens[:kept]
+            self.next_logits[row] = logits[row, kept]
+
+    def _agrees(self, seq: Sequence, logits: torch.Tensor, proposed: int, draft: Draft, i: int) -> bool:
+        """Whether the model keeps draft token i (greedy: its argmax; sampled: the rejection rule,
+        after which the row's next token comes from the residual distribution)."""
+        logits = adjust_logits(logits, seq.params, None)
+        if seq.params.greedy:
+            return int(logits.argmax()) == proposed
+        p = distribution(logits, seq.params)
+        q = draft.probs[i] if draft.probs is not None else None
+        q_x = float(q[proposed]) if q is not None else 1.0
+        if float(torch.rand((), generator=seq.generator)) * q_x < float(p[proposed]):
+            return True
+        seq.rejected = q if q is not None else torch.nn.functional.one_hot(
+            torch.tensor(proposed), self.vocab_size).to(p.dtype)
+        return False
 
     def _drop_cancelled_waiting(self) -> None:
         for group in list(self.waiting):
@@ -389,22 +478,28 @@ class Engine:
                 logprobs = logits.log_softmax(-1)
             if seq.constraint is not None:
                 logits = logits.masked_fill(~seq.constraint.allowed(self.vocab_size), float("-inf"))
-            token = sample(logits, params, seq.generator)
+            token = sample(logits, params, seq.generator, rejected=seq.rejected)
+            seq.rejected = None
         if params.logprobs or params.top_logprobs:
             top = torch.topk(logprobs, params.top_logprobs) if params.top_logprobs else None
             logprob = TokenLogprob(token, float(logprobs[token]),
                                    list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [])
+        self._accept(row, seq, token, logprob)
+        return None if seq.finished else token
+
+    def _accept(self, row: int, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
+        """Append a generated token to `seq`, finishing it on a stop id, a stop string or its limits."""
+        params = seq.params
         if token in params.stop_ids:
             seq.stop_logprob = logprob
             seq._finish("stop", token)
-            return None
+            return
         if seq.constraint is not None:
             seq.constraint.advance(token)
         seq._append(token, forced=False, logprob=logprob)
         self.tokens_generated += 1
         if not seq.finished and (seq.generated >= params.max_tokens or self.cache.lengths[row] >= self.max_len):
             seq._finish("length")
-        return None if seq.finished else token
 
     def _release(self, row: int) -> None:
         """Free a finished row at once: the last row moves into its place."""
@@ -417,21 +512,43 @@ class Engine:
         last = len(self.running) - 1
         if row != last:
             self.cache.copy(last, row)
+            if self.speculator is not None:
+                self.speculator.move(last, row)
             self.next_logits[row] = self.next_logits[last]
             self.running[row] = self.running[last]
         self.running.pop()
         self.cache.lengths[last] = 0
 
 
+def compiled_decode(model: Transformer, cache):
+    """The decode step, compiled by torch.compile at the cache's static shapes (its slots and their
+    length; a second batch size recompiles once, after which dynamo keeps the batch dimension
+    dynamic). FBGEMM's f16 and w8a8 kernels cannot be traced (LlmosError says so)."""
+    from llmos.quant import QuantLinear
+    modules = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    untraceable = {m.scheme for m in modules if m.scheme in ("f16", "w8a8")}
+    if untraceable:
+        raise LlmosError(f"--compile works with f32, int8 and int4 weights; this model runs {'/'.join(sorted(untraceable))} "
+                         "(FBGEMM kernels, which torch.compile cannot trace): drop --compile or use "
+                         "--weights f32|int8|int4")
+    if any(m.scheme == "f32" and m.onednn for m in modules):
+        raise LlmosError("this model's f32 weights are packed for oneDNN, which torch.compile cannot lower: "
+                         "load it with load_model(ref, compile=True)")
+    cache._zero_through(cache.max_len)  # every slot is attended (masked): none may hold a NaN
+    return torch.compile(model.decode_static, dynamic=False)
+
+
 @torch.inference_mode()
 def generate(model: Transformer, prompt: list[int], params: SamplingParams, tok: Tokenizer | None = None,
-             constraint: Constraint | None = None) -> Iterator[int]:
+             constraint: Constraint | None = None, speculator: Speculator | None = None,
+             compile: bool = False) -> Iterator[int]:
     """Token ids of one reply, streamed as they are sampled (never the stop token that ends it)."""
     params.check(vocab_size=model.cfg.vocab_size)
     if prompt and len(prompt) + params.max_tokens > model.cfg.max_seq_len:
         raise LlmosError(f"prompt ({len(prompt)} tokens) plus max tokens ({params.max_tokens}) exceeds the model's "
                          f"context of {model.cfg.max_seq_len} tokens: shorten one of them")
-    engine = Engine(model, tok, max_batch=1, max_len=len(prompt) + params.max_tokens + 1)
+    engine = Engine(model, tok, max_batch=1, max_len=len(prompt) + params.max_tokens + 1, speculator=speculator,
+                    compile=compile)
     seq, = engine.add(prompt, params, constraints=[constraint])
     while not seq.finished:
         engine.step()

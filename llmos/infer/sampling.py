@@ -4,6 +4,7 @@
     params.check(context=model.cfg.max_seq_len)         # LlmosError naming the bad field
     logits = adjust_logits(raw, params, counts)          # penalties and logit_bias, as the model "sees" them
     token = sample(logits, params, generator)            # temperature -> top-k -> top-p; 0 is greedy
+    probs = distribution(logits, params)                 # what a sampled row draws from
 
 `generate`, `chat`, `eval`, the server and later RL rollouts and test-time strategies all build a
 SamplingParams. Penalties count only the tokens this reply generated, never the prompt (a reply may
@@ -113,10 +114,8 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, counts: torch.Te
     return logits
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from one row of adjusted logits (V,): temperature, then top-k, then top-p."""
-    if params.greedy:
-        return int(logits.argmax())
+def distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The probabilities a sampled (not greedy) row draws from: temperature, then top-k, then top-p."""
     logits = logits / params.temperature
     if 0 < params.top_k < logits.size(-1):
         kth = torch.topk(logits, params.top_k).values[-1]
@@ -126,4 +125,19 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         probs = sorted_logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs > params.top_p  # keep the smallest prefix that reaches top_p
         logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return int(torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
+    return logits.float().softmax(dim=-1)
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+           rejected: torch.Tensor | None = None) -> int:
+    """One token id from one row of adjusted logits (V,): temperature, then top-k, then top-p.
+    `rejected`: the draft distribution whose token speculative decoding just rejected here; the
+    token then comes from the residual max(p - q, 0), which keeps the output distributed as p."""
+    if params.greedy:
+        return int(logits.argmax())
+    probs = distribution(logits, params)
+    if rejected is not None:
+        residual = (probs - rejected).clamp(min=0)
+        if residual.sum() > 0:  # zero only when p == q, where no draft token is ever rejected
+            probs = residual
+    return int(torch.multinomial(probs, 1, generator=generator))

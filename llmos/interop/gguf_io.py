@@ -14,6 +14,11 @@ Reading: any tensor type `gguf.quants.dequantize` knows (F32, F16, BF16, Q8_0, Q
 ...) becomes float32; the q/k rows are put back in llmos's rotate-half order; the config comes from
 the metadata (each value type-checked) and is checked against the tensors' shapes before anything
 is dequantized or allocated; the vocabulary becomes a Hugging Face `tokenizers` tokenizer.
+Reading kept quantized (`read_gguf_kept`, `llmos import --dtype keep`): each matrix whose type has
+a llmos scheme (llmos/quant.py) becomes a QuantizedWeight instead (`kept_weight`): Q4_0 and Q4_1
+become int4 exactly, their blocks re-packed without going through floats; F16 stays f16; Q8_0
+becomes int8 per output row (dequantized and rounded again: llmos's int8 has one scale per row, not
+per 32 inputs). Every other type (F32, BF16, K-quants, Q5_0, ...) is dequantized to float32.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from llmos.common import LlmosError, os_error_message
 from llmos.interop.layout import (from_gguf_rope, gguf_name, llmos_name_from_gguf, load_weights,
                                   require_llama_compatible, rope_heads, to_gguf_rope)
 from llmos.model import ModelConfig, Transformer, check_weight_shapes
+from llmos.quant import QuantizedWeight
 from llmos.tokenizer import SPLIT_PATTERN, Tokenizer
 
 GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
@@ -289,11 +295,64 @@ def _config_from_gguf(meta: _Metadata, vocab_size: int, tie: bool) -> ModelConfi
     return cfg
 
 
+# GGUF types kept in a llmos scheme by read_gguf_kept (the rest are dequantized to float32)
+KEPT_TYPES = {"Q4_0": "int4", "Q4_1": "int4", "Q8_0": "int8", "F16": "f16"}
+
+
+def _int4_from_blocks(blocks: np.ndarray, with_min: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes packed llmos's way, scale, offset) from Q4_0 or Q4_1 (with_min) blocks, (rows, groups, bytes).
+    A Q4_0 block is f16 d then 16 bytes of codes (w = d * (code - 8)); Q4_1 is f16 d, f16 m, 16 bytes
+    (w = d * code + m). Byte j of a block holds element j in its low nibble and element j + 16 in its
+    high one; llmos packs columns 2k (low nibble) and 2k + 1 (high) into byte k of the row."""
+    rows = blocks.shape[0]
+    head = 4 if with_min else 2
+    halves = np.ascontiguousarray(blocks[..., :head]).view(np.float16).astype(np.float32)  # (rows, groups, 1 or 2)
+    scale = halves[..., 0]
+    offset = halves[..., 1] if with_min else -8 * scale  # exact: d times a power of two
+    packed = blocks[..., head:]
+    codes = np.concatenate([packed & 15, packed >> 4], axis=-1).reshape(rows, -1)  # elements 0-15, then 16-31
+    return codes[:, 0::2] | (codes[:, 1::2] << 4), scale, offset
+
+
+def kept_weight(tensor, heads: int = 0) -> QuantizedWeight | None:
+    """A GGUF matrix (a gguf ReaderTensor) as a llmos QuantizedWeight where its type has a llmos
+    scheme (KEPT_TYPES), else None. Q4_0 and Q4_1 are exact (the same values gguf's dequantize gives);
+    Q8_0 is dequantized and rounded to int8 per output row, llmos's int8 having one scale per row
+    where Q8_0 has one per 32 inputs. `heads` > 0 puts q/k rows back in rotate-half order (rows are
+    independent, so codes, scales and offsets move together)."""
+    from gguf.quants import dequantize
+    from llmos.quant import quantize
+    kind = tensor.tensor_type.name
+    if kind not in KEPT_TYPES or len(tensor.shape) != 2:
+        return None
+    rows, cols = reversed(tensor.shape.tolist())  # GGUF lists the fastest-varying dimension first
+    fix = (lambda a: from_gguf_rope(a, heads)) if heads else (lambda a: a)
+    if kind == "Q8_0":  # one scale per 32 inputs to one per row: expanded, then rounded again
+        values = np.array(fix(dequantize(tensor.data, tensor.tensor_type)), dtype=np.float32)
+        return quantize(torch.from_numpy(values), "int8")
+    if kind == "F16":
+        return QuantizedWeight("f16", (rows, cols), torch.from_numpy(np.array(fix(tensor.data.reshape(rows, cols)))))
+    blocks = tensor.data.reshape(rows, cols // 32, -1)
+    data, scale, offset = (torch.from_numpy(np.ascontiguousarray(fix(a)))
+                           for a in _int4_from_blocks(blocks, with_min=kind == "Q4_1"))
+    return QuantizedWeight("int4", (rows, cols), data, scale, offset)
+
+
 def read_gguf(path: str | Path) -> tuple[Transformer, Tokenizer, str, dict]:
     """A Llama GGUF as (model, tokenizer, chat template, provenance); weights dequantized to float32.
     The config is checked against the tensors' shapes before any weight is dequantized or allocated."""
+    model, tok, chat_template, provenance, _ = _read(Path(path), keep=False)
+    return model, tok, chat_template, provenance
+
+
+def read_gguf_kept(path: str | Path) -> tuple[Transformer, Tokenizer, str, dict, dict]:
+    """read_gguf, plus {weight name: QuantizedWeight} for the matrices whose GGUF type has a llmos
+    scheme (kept_weight); the model holds the same values in float32 (for save_params' other tensors)."""
+    return _read(Path(path), keep=True)
+
+
+def _read(path: Path, keep: bool) -> tuple[Transformer, Tokenizer, str, dict, dict]:
     from gguf.quants import dequantize
-    path = Path(path)
     reader = _open(path)
     meta = _Metadata(reader, path)
     hf, roles = _tokenizer_from_gguf(meta)
@@ -306,18 +365,22 @@ def read_gguf(path: str | Path) -> tuple[Transformer, Tokenizer, str, dict]:
     cfg = _config_from_gguf(meta, hf.get_vocab_size(), tie="lm_head.weight" not in tensors)
     # GGUF lists dimensions fastest-varying first, the reverse of torch's order
     check_weight_shapes(cfg, {key: tuple(reversed(t.shape.tolist())) for key, t in tensors.items()}, str(path))
-    state = {}
+    state, quantized = {}, {}
     for key, t in tensors.items():
+        heads = rope_heads(key, cfg)
+        if keep and (q := kept_weight(t, heads)) is not None:
+            quantized[key], state[key] = q, q.dequantize()
+            continue
         try:
             data = dequantize(t.data, t.tensor_type)
         except NotImplementedError:  # gguf's answer for a type it has no dequantizer for (I32, F64, Q8_1, ...)
             raise LlmosError(f"{path}: tensor {t.name} is {t.tensor_type.name}, which gguf cannot dequantize: "
                              "convert the model to F16, Q8_0 or Q4_0 first") from None
-        if heads := rope_heads(key, cfg):
+        if heads:
             data = from_gguf_rope(data, heads)
         state[key] = torch.from_numpy(np.array(data, dtype=np.float32))  # a copy: the file is memory-mapped
     model = load_weights(cfg, state)
     tok = Tokenizer(hf, **roles)
     provenance = {"source": "gguf", "file": path.name, "name": meta.get("general.name", path.stem, kind=str),
                   "license": meta.get("general.license", "", kind=str), "tokenizer_roles": roles}
-    return model.eval(), tok, meta.get("tokenizer.chat_template", "", kind=str), provenance
+    return model.eval(), tok, meta.get("tokenizer.chat_template", "", kind=str), provenance, quantized

@@ -107,6 +107,5 @@ def require_llama_compatible(cfg: ModelConfig, target: str) -> None:
 def load_weights(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
     """A Transformer holding `state` (llmos names), whose names and shapes the reader has already
     checked with check_weight_shapes, before reading the weights."""
-    model = Transformer(cfg)
-    model.load_state_dict(state, strict=False)  # a tied lm_head is embed
+    model = Transformer.from_state(cfg, state)  # a tied lm_head is embed
     return model.eval()

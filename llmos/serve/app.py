@@ -191,7 +191,9 @@ class EngineCollector:
             ("generation_tokens", "tokens generated"),
             ("prefix_cache_lookups", "prefix cache lookups"),
             ("prefix_cache_hits", "prefix cache hits"),
-            ("requests_refused", "requests refused with 429 (queue full)"))}
+            ("requests_refused", "requests refused with 429 (queue full)"),
+            ("draft_tokens", "tokens drafted by speculative decoding"),
+            ("draft_tokens_accepted", "drafted tokens the model kept"))}
         for name, served in self.models.items():
             sched, engine = served.scheduler, served.scheduler.engine
             cache = engine.prefix_cache
@@ -206,7 +208,8 @@ class EngineCollector:
                                ("prompt_tokens_cached", engine.prompt_tokens_cached),
                                ("generation_tokens", engine.tokens_generated),
                                ("prefix_cache_lookups", lookups), ("prefix_cache_hits", hits),
-                               ("requests_refused", sched.requests_refused)):
+                               ("requests_refused", sched.requests_refused),
+                               ("draft_tokens", engine.spec_drafted), ("draft_tokens_accepted", engine.spec_accepted)):
                 counters[key].add_metric([name], value)
         yield from gauges.values()
         yield from counters.values()

@@ -35,27 +35,36 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
 
 
 def load_served_models(specs: dict[str, str], max_batch: int, max_len: int, prefix_cache_mb: int,
-                       max_queue: int) -> dict:
+                       max_queue: int, weights: str | None = None, speculate: str = "lookup",
+                       draft: str | None = None, compile: bool = False) -> dict:
     from llmos.chat import ChatFormat
     from llmos.infer.engine import Engine
     from llmos.infer.prefix_cache import PrefixCache
     from llmos.infer.scheduler import Scheduler
+    from llmos.infer.speculate import DraftModel, PromptLookup
     from llmos.load import load_model
+    from llmos.model import count_params
     from llmos.serve.app import ServedModel
     served = {}
     for name, ref in specs.items():
-        model, tok, info = load_model(ref)
-        if max_batch > 1 and model.embed.weight.device.type == "cpu":
-            model.batched_layout()
+        model, tok, info = load_model(ref, weights=weights, compile=compile)
+        speculator = None
+        if draft is not None:
+            speculator = DraftModel(load_model(draft, weights=weights)[0])
+        elif speculate == "lookup":
+            speculator = PromptLookup()
         try:
             fmt, fmt_error = ChatFormat(tok, info.get("chat_template", "")), ""
         except LlmosError as e:
             fmt, fmt_error = None, str(e)
         cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
-        engine = Engine(model, tok, max_batch=max_batch, max_len=min(max_len, model.cfg.max_seq_len), prefix_cache=cache)
+        engine = Engine(model, tok, max_batch=max_batch, max_len=min(max_len, model.cfg.max_seq_len),
+                        prefix_cache=cache, speculator=speculator, compile=compile)
         served[name] = ServedModel(name, tok, info, Scheduler(engine, max_queue=max_queue), fmt, fmt_error)
-        print(f"llmos serve: {name}: {model.num_params() / 1e6:.1f}M parameters, {engine.max_len} positions per "
-              f"sequence, {max_batch} sequences at once" + ("" if fmt else f" (completions only: {fmt_error})"),
+        print(f"llmos serve: {name}: {count_params(model.cfg) / 1e6:.1f}M parameters ({info.get('weights', 'f32')} "
+              f"weights{', served as ' + weights if weights else ''}), {engine.max_len} positions per sequence, "
+              f"{max_batch} sequences at once, speculative decoding: "
+              f"{'draft model ' + draft if draft else speculate}" + ("" if fmt else f" (completions only: {fmt_error})"),
               file=sys.stderr, flush=True)
     return served
 
@@ -76,6 +85,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-cache", action="store_true", help="prefill every prompt in full")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may run")
     p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body")
+    from llmos.cli import add_inference_args
+    add_inference_args(p, speculate_default="lookup")
+    p.add_argument("--draft-model", metavar="REF", help="speculate with this small model (same tokenizer) instead")
     p.add_argument("--image-origin", action="append", default=[], metavar="URL",
                    help="an origin the chat page may show images from (repeat; default: only this server)")
 
@@ -97,7 +109,9 @@ def run_server(args: argparse.Namespace) -> None:
         print(f"llmos serve: warning: listening on {args.host} without --api-key: anyone who can reach this "
               "machine can use the models", file=sys.stderr)
     models = load_served_models(specs, args.max_batch, args.max_len,
-                                0 if args.no_prefix_cache else args.prefix_cache_mb, args.max_queue)
+                                0 if args.no_prefix_cache else args.prefix_cache_mb, args.max_queue,
+                                weights=args.weights, speculate=args.speculate, draft=args.draft_model,
+                                compile=args.compile)
     config = ServerConfig(api_key=args.api_key, image_origins=args.image_origin,
                           max_body_bytes=int(args.max_body_mb * (1 << 20)), request_timeout_s=args.request_timeout)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

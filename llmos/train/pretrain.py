@@ -70,7 +70,7 @@ def bits_per_byte_evaluator(val_tokens, token_bytes: torch.Tensor, seq_len: int,
     """Validation loss (nats/token) and bits per byte: summed token losses over the UTF-8 bytes those
     tokens spell, so the figure compares across tokenizers."""
     def evaluate(model: Transformer) -> dict:
-        device = model.embed.weight.device
+        device = model.norm.weight.device
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
         for x, y in eval_batches(val_tokens, seq_len, max_tokens, rank=rank, world_size=world):
             x, y = x.to(device), y.to(device)

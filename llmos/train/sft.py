@@ -162,7 +162,7 @@ def conversation_loss(model: Transformer, rendered: list[tuple[list[int], list[i
                       pad_id: int, batch_size: int = 16) -> float:
     """Mean loss (nats) over the assistant tokens of held-out conversations, one conversation a row,
     batched by length so that little is spent on padding."""
-    device = model.embed.weight.device
+    device = model.norm.weight.device
     nats, count = 0.0, 0
     rendered = sorted(rendered, key=lambda piece: len(piece[0]))
     for start in range(0, len(rendered), batch_size):
