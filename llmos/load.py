@@ -5,9 +5,10 @@
     info["chat_template"], info["provenance"]
 
 A run directory means its finished params file (a speedrun's assistant, then its base model), else
-its latest checkpoint. `open_model` leaves the weights in the training layout (for fine-tuning);
-`load_model` makes an inference model (fused, quantized if asked: llmos/quant.py). Nothing here imports training code: the engine, the
-server and the exporters load models through this module alone.
+its latest checkpoint. `open_model` leaves the weights in the training layout (for fine-tuning and
+export); `load_model` makes an inference model (projections fused, weights as asked: llmos/quant.py).
+Nothing here imports training code: the engine, the server and the exporters load models through
+this module alone.
 """
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ Schemes (what a params file stores per weight, what `llmos export --dtype` write
 - `w8a8` is not stored: it runs int8 weights through FBGEMM's dynamic int8 GEMM, which also rounds
   each token's activations to 7 bits and multiplies in integers. It is the only int8 matmul in
   PyTorch that is fast on AVX2-only CPUs, where the weight-only kernels are scalar code, but it costs
-  quality: +1.7% loss on SmolLM2-135M against +0.1% for weight-only int8 (docs/log.md).
+  quality: +2.2% loss on SmolLM2-135M against +0.1% for weight-only int8 (docs/benchmarks.md).
 Products of 8 rows or more (prefill, eval windows) expand int8/int4 matrices to float32 once per
-call: faster than the weight-only kernels there, and the same values; w8a8 runs row by row. f32 matrices run through oneDNN on
-weights packed in its own layout. On machines without FBGEMM (non-x86) f16 weights are expanded to
+call: faster than the weight-only kernels there, and the same values; w8a8 runs row by row. f32
+matrices run through oneDNN on weights packed in its own layout. On machines without FBGEMM (non-x86) f16 weights are expanded to
 float32 at load and w8a8 falls back to weight-only int8 (`kernels()` says which runs).
 """
 from __future__ import annotations

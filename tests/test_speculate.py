@@ -91,7 +91,7 @@ def test_sampled_tokens_keep_the_models_distribution(drafter):
     prompt = [0, 1, 2, 3, 4, 5, 0, 1]
     params = SamplingParams(max_tokens=2, temperature=1.0)
     if drafter == "lookup":
-        speculator = PromptLookup(k=1)
+        speculator = PromptLookup(k=1, min_ngram=1)  # a draft at almost every step
     else:  # a drafter that disagrees with the target: it samples from another model
         speculator = DraftModel(tiny(5, vocab=V, sharp=3.0).prepare_inference(), k=1)
     expected = joint_distribution(target, prompt, params)

@@ -528,9 +528,9 @@ def compiled_decode(model: Transformer, cache):
     modules = [m for m in model.modules() if isinstance(m, QuantLinear)]
     untraceable = {m.scheme for m in modules if m.scheme in ("f16", "w8a8")}
     if untraceable:
-        raise LlmosError(f"--compile works with f32, int8 and int4 weights; this model runs {'/'.join(sorted(untraceable))} "
-                         "(FBGEMM kernels, which torch.compile cannot trace): drop --compile or use "
-                         "--weights f32|int8|int4")
+        raise LlmosError(f"--compile works with f32, int8 and int4 weights; this model runs "
+                         f"{'/'.join(sorted(untraceable))} (FBGEMM kernels, which torch.compile cannot trace): "
+                         "drop --compile or use --weights f32|int8|int4")
     if any(m.scheme == "f32" and m.onednn for m in modules):
         raise LlmosError("this model's f32 weights are packed for oneDNN, which torch.compile cannot lower: "
                          "load it with load_model(ref, compile=True)")

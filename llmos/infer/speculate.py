@@ -18,7 +18,10 @@ and keeps the drafts the model agrees with (llmos/infer/engine.py does the check
 Prompt lookup (Saxena 2023) needs no second model: the context's last n tokens (n from `max_ngram`
 down to `min_ngram`) are searched for earlier in the context, and the tokens that followed the
 latest match are the draft. It pays where the reply repeats its context (summaries, code edits,
-extraction, quoting). A draft model must share the target's tokenizer.
+extraction, quoting). One-token matches are not used by default: in a chat reply they are
+everywhere and almost never right (SmolLM2, a chat turn: 7 of 202 drafts kept, 0.85x plain
+decoding; from two tokens up 1.13x; a summary 1.6x either way). A draft model must share the
+target's tokenizer.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class Draft:
 class PromptLookup:
     """Drafts copied from the context: what followed the latest earlier occurrence of its tail."""
 
-    def __init__(self, k: int = 8, max_ngram: int = 3, min_ngram: int = 1):
+    def __init__(self, k: int = 8, max_ngram: int = 3, min_ngram: int = 2):
         if not 1 <= min_ngram <= max_ngram or k < 1:
             raise LlmosError(f"prompt lookup needs 1 <= min_ngram <= max_ngram and k >= 1, "
                              f"not k={k}, ngram {min_ngram}..{max_ngram}")
