@@ -307,15 +307,12 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
-        self.qkv: nn.Module | None = None  # fuse() replaces q, k and v by one projection (inference)
+        # one matmul for q, k and v at inference (Transformer.prepare_inference): a third of the
+        # calls in decode, where each call's overhead counts
+        self.qkv: nn.Module | None = None
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
-
-    def fuse(self) -> None:
-        """One matmul for q, k and v: a third of the calls in decode, where each call's overhead counts."""
-        self.qkv = fused_linear(self.q_proj, self.k_proj, self.v_proj)
-        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x, cos, sin, step: CacheStep | None):
         B, T, _ = x.shape
@@ -367,10 +364,6 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
         self.gate_up: nn.Module | None = None
-
-    def fuse(self) -> None:
-        self.gate_up = fused_linear(self.gate_proj, self.up_proj)
-        del self.gate_proj, self.up_proj
 
     def forward(self, x):
         if self.gate_up is not None:
@@ -490,7 +483,7 @@ class Transformer(nn.Module):
         on_cpu = self.rope_cos.device.type == "cpu"
 
         def weight(names: list[str], modules: list[nn.Module]):
-            """The QuantizedWeight for these (fused) rows, or None for f32."""
+            """The QuantizedWeight for these (fused) rows; None for f32 off the CPU (a plain nn.Linear)."""
             held = [stored.get(n) for n in names]
             # as stored; parts stored differently (q and k Q4_0, v Q8_0) take the most precise of them
             precision = ["int4", "int8", "f16", "f32"]
@@ -506,25 +499,25 @@ class Transformer(nn.Module):
                 return None  # plain nn.Linear: cuBLAS needs no packing
             return quantize(torch.cat([m.weight.detach() for m in modules]), scheme)
 
+        def linear(q: QuantizedWeight | None, plain) -> nn.Module:
+            return QuantLinear(q, pack=not compile, kernel=kernel) if q is not None else plain()
+
         with torch.no_grad():
             for i, block in enumerate(self.layers):
                 a, m, p = block.attn, block.mlp, f"layers.{i}."
                 qkv = weight([p + f"attn.{x}_proj.weight" for x in "qkv"], [a.q_proj, a.k_proj, a.v_proj])
                 gate_up = weight([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], [m.gate_proj, m.up_proj])
-                a.fuse()
-                m.fuse()
-                for owner, attr, q in ((a, "qkv", qkv), (m, "gate_up", gate_up),
-                                       (a, "o_proj", weight([p + "attn.o_proj.weight"], [a.o_proj])),
-                                       (m, "down_proj", weight([p + "mlp.down_proj.weight"], [m.down_proj]))):
-                    if q is not None:
-                        setattr(owner, attr, QuantLinear(q, pack=not compile, kernel=kernel))
+                a.qkv = linear(qkv, lambda: fused_linear(a.q_proj, a.k_proj, a.v_proj))
+                m.gate_up = linear(gate_up, lambda: fused_linear(m.gate_proj, m.up_proj))
+                del a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj
+                a.o_proj = linear(weight([p + "attn.o_proj.weight"], [a.o_proj]), lambda: a.o_proj)
+                m.down_proj = linear(weight([p + "mlp.down_proj.weight"], [m.down_proj]), lambda: m.down_proj)
             head_names = ["embed.weight"] if self.cfg.tie_embeddings else ["lm_head.weight"]
             head = weight(head_names, [self.lm_head])
             emb = weight(["embed.weight"], [self.embed]) if not self.cfg.tie_embeddings else head
             if emb is not None:
                 self.embed = QuantEmbedding(emb)
-            if head is not None:
-                self.lm_head = QuantLinear(head, pack=not compile, kernel=kernel)
+            self.lm_head = linear(head, lambda: self.lm_head)
         self.requires_grad_(False)
         return self
 
