@@ -58,11 +58,8 @@ class PromptLookup:
                     return Draft(context[start + n:start + n + k])
         return Draft()
 
-    def rollback(self, row: int, length: int) -> None:
-        pass
-
     def move(self, src: int, dst: int) -> None:
-        pass
+        pass  # no per-row state
 
 
 class DraftModel:
