@@ -10,6 +10,7 @@
     llmos eval --model M --data MIX | --loss FILE       score an assistant; perplexity on a text file
     llmos export --model RUN --format gguf|hf|llmos     for llama.cpp, Hugging Face, or params file + run.py
     llmos import model.gguf|HF_DIR --out m.llmos        a foreign Llama model into a params file
+    llmos compress FILE | decompress FILE.llz           the model as a lossless compressor
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -246,6 +247,16 @@ def cmd_import(args):
     print(f"wrote {path} ({time.time() - t:.1f} s)")
 
 
+def cmd_compress(args):
+    from llmos.compress import compress_file
+    compress_file(args.input, args.output, args.model, chunk_tokens=args.chunk_tokens, threads=args.threads)
+
+
+def cmd_decompress(args):
+    from llmos.compress import decompress_file
+    decompress_file(args.input, args.output, args.model)
+
+
 def cmd_speedrun(args):
     from llmos.speedrun import dry_run, run_speedrun
     if args.dry_run:
@@ -434,6 +445,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "Q4_0/Q4_1 matrices as int4 exactly, Q8_0 as int8 (per row), F16 as f16, and "
                         "expands other types (K-quants) to f32")
     p.set_defaults(func=cmd_import)
+
+    p = verbs.add_parser("compress", help="compress a file losslessly with a model's next-token probabilities "
+                                          "(llmos/compress.py)", formatter_class=fmt)
+    p.add_argument("input", metavar="FILE", help="any file, text or binary (- reads stdin)")
+    p.add_argument("-o", "--output", default=None, metavar="OUT",
+                   help="the .llz file, replaced if it exists (default: FILE.llz; stdout for stdin; - is stdout)")
+    p.add_argument("--model", default=None, help="run directory, .llmos params file, .pt checkpoint or named model "
+                                                  "(default: LLMOS_HOME/runs/speedrun-cpu/base)")
+    p.add_argument("--chunk-tokens", type=int, default=None,
+                   help="tokens per independently coded chunk (default: the model's context, at most 2048)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads while coding, recorded in the file: decompressing uses the same "
+                        "(default: torch's current count)")
+    p.set_defaults(func=cmd_compress)
+
+    p = verbs.add_parser("decompress", help="restore a file that llmos compress wrote, exactly", formatter_class=fmt)
+    p.add_argument("input", metavar="FILE.llz", help="a file of llmos compress (- reads stdin)")
+    p.add_argument("-o", "--output", default=None, metavar="OUT",
+                   help="the restored file, replaced if it exists (default: FILE without .llz; stdout for "
+                        "stdin; - is stdout)")
+    p.add_argument("--model", default=None, help="the model that compressed it (default: the one its header names)")
+    p.set_defaults(func=cmd_decompress)
 
     p = verbs.add_parser("speedrun", help="the whole pipeline in one go, with a report", formatter_class=fmt)
     p.add_argument("--preset", default="cpu", help="cpu (make demo) | cpu-full (every stage) | gpu | tiny (tests)")

@@ -40,6 +40,12 @@ def tokenizer_path(corpus_dir) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tok(tokenizer_path) -> Tokenizer:
+    """The test corpus's tokenizer (a module may define its own `tok`)."""
+    return Tokenizer.load(tokenizer_path)
+
+
 def llmos_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmos.cli", *args]
 

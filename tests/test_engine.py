@@ -12,12 +12,6 @@ from llmos.infer.sampling import SamplingParams, sample
 from llmos.load import load_model
 from llmos.model import ModelConfig, Transformer
 from llmos.params import load_params, read_metadata, save_params
-from llmos.tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_path):
-    return Tokenizer.load(tokenizer_path)
 
 
 @pytest.fixture(scope="module")

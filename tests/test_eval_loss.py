@@ -23,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tok(tokenizer_path):
-    return Tokenizer.load(tokenizer_path)
-
-
-@pytest.fixture(scope="module")
 def text(corpus_dir):
     """Held-out Python source with some non-ASCII (bytes != characters), a few hundred tokens."""
     return "# naïve café — 日本語, ½ ✓\n" + next(iter(load_texts(corpus_dir, "val")))[:1500]

@@ -12,14 +12,8 @@ from llmos.infer.prefix_cache import PrefixCache
 from llmos.infer.sampling import SamplingParams
 from llmos.infer.scheduler import QueueFull, Scheduler
 from llmos.model import ModelConfig, Transformer
-from llmos.tokenizer import Tokenizer
 
 NEAR_TIE = 1e-3  # a greedy choice whose top-2 logit margin is below this may flip with float rounding
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_path):
-    return Tokenizer.load(tokenizer_path)
 
 
 @pytest.fixture(scope="module")

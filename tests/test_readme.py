@@ -86,6 +86,7 @@ def test_readme_commands_run_as_written(corpus_dir, smollm2_home, tmp_path):
     assert outputs['python mymodel/run.py mymodel/model.llmos "The history of" -t 0.8 -n 200'].startswith("The history of")
     for made in ("mymodel/model.llmos", "mymodel/run.py", "smollm2.llmos", "smollm2-q8.gguf", "mine-hf/config.json"):
         assert (work / made).is_file(), made
+    assert (work / "common-copy.md").read_bytes() == (work / "notes" / "common.md").read_bytes()  # compress, decompress
     for run in ("runs/sft", "runs/smol", "runs/mine", "corpora/mine"):
         assert (home / run).is_dir(), run
 
