@@ -230,3 +230,22 @@ def test_muon_orthogonalises_as_torch_does_in_the_dtype_the_cpu_is_fast_at(monke
     for fast, dtype in ((False, torch.float32), (True, torch.bfloat16)):
         monkeypatch.setattr("llmos.train.loop.fast_bf16", lambda device="cpu", fast=fast: fast)
         assert build_optimizers(model, TrainConfig(optimizer="muon"), 1e-3)[0].ns_dtype == dtype
+
+
+def test_muon_gives_the_input_embedding_and_an_untied_head_learning_rates_of_their_own():
+    """The cpu preset's recipe (docs/log.md, issue 13): Muon on the matrices, AdamW on an untied head and
+    the input embedding at rates of their own, the norms at --lr without decay; tied, one embedding group."""
+    from llmos.model import ModelConfig, Transformer
+    from llmos.train.loop import build_optimizers
+    cfg = dict(vocab_size=64, d_model=32, n_layers=1, n_heads=1, n_kv_heads=1, max_seq_len=16)
+    untied = Transformer(ModelConfig(**cfg, tie_embeddings=False))
+    muon, adamw = build_optimizers(untied, TrainConfig(optimizer="muon", embed_lr=0.03, head_lr=0.004), 1e-3)
+    groups = {id(p): (g["lr"], g["weight_decay"]) for g in adamw.param_groups for p in g["params"]}
+    assert groups[id(untied.embed.weight)] == (0.03, 0.1) and groups[id(untied.lm_head.weight)] == (0.004, 0.1)
+    assert groups[id(untied.norm.weight)] == (1e-3, 0.0)
+    assert {id(p) for p in muon.param_groups[0]["params"]} == {
+        id(p) for n, p in untied.named_parameters() if p.ndim == 2 and "embed" not in n and "lm_head" not in n}
+    tied = Transformer(ModelConfig(**cfg))
+    _, adamw = build_optimizers(tied, TrainConfig(optimizer="muon"), 1e-3)
+    assert [[id(p) for p in g["params"]] for g in adamw.param_groups][0] == [id(tied.embed.weight)]
+    assert adamw.param_groups[0]["lr"] == 1e-3

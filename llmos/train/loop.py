@@ -63,6 +63,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0: no clipping)
     optimizer: str = "adamw"  # adamw | muon (Muon on matrices, AdamW on embeddings and norms)
     muon_lr: float = 0.02  # Muon's learning rate for the matrices
+    embed_lr: float = 0.0  # muon: AdamW's peak learning rate for the input embedding (0: --lr)
+    head_lr: float = 0.0  # muon: for an untied output layer (0: --lr)
     dtype: str = "auto"  # auto | bf16 | fp32
     compile: bool = True  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
@@ -136,9 +138,13 @@ def build_optimizers(model: Transformer, cfg: TrainConfig, lr: float) -> list[to
     adamw = dict(betas=(0.9, 0.95), eps=1e-8)
     if cfg.optimizer == "muon":  # its orthogonalisation in bf16 only where the hardware is fast at it
         ns_dtype = torch.bfloat16 if fast_bf16(matrices[0].device) else torch.float32
+        head = [p for n, p in trainable if "lm_head" in n]  # untied only: a tied one is listed as embed
+        inputs = [p for n, p in trainable if p.ndim == 2 and "embed" in n]
+        groups = [{"params": inputs, "weight_decay": cfg.weight_decay, "lr": cfg.embed_lr or lr},
+                  {"params": head, "weight_decay": cfg.weight_decay, "lr": cfg.head_lr or lr}]
         return [Muon(matrices, ns_dtype=ns_dtype, lr=cfg.muon_lr, weight_decay=cfg.weight_decay),
-                torch.optim.AdamW([{"params": embeddings, "weight_decay": cfg.weight_decay},
-                                   {"params": vectors, "weight_decay": 0.0}], lr=lr, **adamw)]
+                torch.optim.AdamW([g for g in groups if g["params"]] + [{"params": vectors, "weight_decay": 0.0}],
+                                  lr=lr, **adamw)]
     return [torch.optim.AdamW([{"params": matrices + embeddings, "weight_decay": cfg.weight_decay},
                                {"params": vectors, "weight_decay": 0.0}], lr=lr, **adamw)]
 

@@ -40,13 +40,25 @@ class ModelArgs:
     n_kv_heads: int = 0  # key/value heads, fewer for grouped-query attention (0: n_heads)
     qk_norm: bool = False  # RMSNorm on queries and keys
     tie_embeddings: bool = True  # the output layer shares the input embedding
+    zero_proj: bool = False  # start the attention and MLP output projections at zero (modded-nanogpt)
 
     def build(self, vocab_size: int, seq_len: int) -> ModelConfig:
-        overrides = {k: v for k, v in asdict(self).items() if k != "depth" and v}
+        overrides = {k: v for k, v in asdict(self).items() if k not in ("depth", "zero_proj") and v}
         overrides.setdefault("n_heads", (overrides.get("d_model") or 64 * self.depth) // 64)
         overrides.setdefault("n_kv_heads", overrides["n_heads"])
         overrides["qk_norm"], overrides["tie_embeddings"] = self.qk_norm, self.tie_embeddings
         return ModelConfig.from_depth(self.depth, vocab_size=vocab_size, max_seq_len=seq_len, **overrides)
+
+    def init(self, cfg: ModelConfig) -> Transformer:
+        """A freshly initialised model: each block then starts as the identity, and its output
+        projection's first Muon step sets its scale (a 2-core screen: docs/log.md, issue 13)."""
+        model = Transformer(cfg)
+        if self.zero_proj:
+            with torch.no_grad():
+                for block in model.layers:
+                    block.attn.o_proj.weight.zero_()
+                    block.mlp.down_proj.weight.zero_()
+        return model
 
 
 @dataclass
@@ -122,7 +134,7 @@ def _pretrain(model_args, train_cfg, data_dir, tok_path, run_dir, data_args, res
     elif not dry_run:
         refuse_existing_run(run_dir)
     torch.manual_seed(train_cfg.seed)
-    model = Transformer(cfg)
+    model = model_args.init(cfg)
     if rank == 0:
         build_shards(data_dir, tok)
     if world > 1:
