@@ -129,7 +129,7 @@ def table(result: dict) -> str:
         if "model_bits_per_byte" in r:
             bpb += f" (model's estimate {r['model_bits_per_byte']:.3f})"
         lines.append([r["coder"], f"{r['bytes']:,}", bpb, f"{r['bytes'] / xz - 1:+.1%}",
-                      f"{n / 1e6 / r['encode_s']:.3f}", f"{n / 1e6 / r['decode_s']:.3f}"])
+                      f"{n / 1e6 / r['encode_s']:.3g}", f"{n / 1e6 / r['decode_s']:.3g}"])
     head = (f"{n:,} bytes of held-out text; {result['machine']}; llmos compress with "
             f"{result['threads']} thread{'s' * (result['threads'] != 1)}\n\n")
     return head + markdown_table(["coder", "bytes", "bits/byte", "vs xz -9", "encode MB/s", "decode MB/s"], lines)

@@ -23,7 +23,8 @@ step time predicts for the budget, replanned every step, as the trainer's budget
 Each run is evaluated every `--eval-every` minutes of training for the curves; time-to-target is
 when llmos's mean curve first reaches the baseline's mean final bits per byte (linear between
 evaluations; an upper bound, since the curve comes from a schedule planned for the whole budget).
-Writes OUT/results.json, OUT/curves.png and a markdown table on stdout.
+Writes OUT/results.json, OUT/curves.png and a markdown table on stdout (`--save-models`: llmos's
+models too).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from llmos.common import atomic_write, llmos_home
 from llmos.data.corpus import load_texts
 from llmos.data.shards import TokenLoader, build_shards, load_tokens
 from llmos.model import default_lr
+from llmos.params import save_params
 from llmos.perf import compute_dtype, describe_machine
 from llmos.speedrun import PRESETS
 from llmos.tokenizer import Tokenizer
@@ -150,7 +152,7 @@ def parse_recipe(spec: str) -> Recipe:
 
 
 def train_run(recipe: Recipe, seed: int, seconds: float, train_tokens, evaluate, vocab_size: int,
-              eval_every_s: float) -> dict:
+              eval_every_s: float, save=None) -> dict:
     torch.manual_seed(seed)
     model = recipe.build(vocab_size)
     cfg = recipe.train
@@ -213,6 +215,8 @@ def train_run(recipe: Recipe, seed: int, seconds: float, train_tokens, evaluate,
         if steps % 50 == 0:
             print(f"  {recipe.spec} seed {seed}: step {steps} {elapsed / 60:.1f} min loss {loss:.3f}", file=sys.stderr)
     final = scored()
+    if save and recipe.kind == "llmos":
+        save(model, recipe, seed, steps)
     curve.append({"minutes": elapsed / 60, "step": steps, **final})
     tokens = steps * cfg.batch_size * cfg.seq_len * cfg.grad_accum
     return {"recipe": recipe.spec, "seed": seed, "steps": steps, "train_minutes": elapsed / 60,
@@ -273,6 +277,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=float, default=1.0, help="minutes of training between evaluations")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="", help="default LLMOS_HOME/bench/pretrain_quality")
+    ap.add_argument("--save-models", action="store_true", help="write each llmos run's model as "
+                    "OUT/llmos-seed<S>.llmos (the first llmos recipe's; e.g. for bench/compress.py)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -297,11 +303,16 @@ def main() -> None:
     machine = describe_machine()
     print(f"{machine}; {torch.get_num_threads()} threads; validation {len(val_tokens):,} tokens", file=sys.stderr)
 
+    def save(model, recipe, seed, steps):
+        if recipe is next(r for r in recipes if r.kind == "llmos"):
+            save_params(out / f"llmos-seed{seed}.llmos", model, tok, provenance={
+                "source": "bench/pretrain_quality.py", "recipe": recipe.spec, "minutes": args.minutes, "step": steps})
+
     by_recipe: dict[str, list[dict]] = {r.spec: [] for r in recipes}
     for seed in seeds:  # seeds outermost: a machine that slows down mid-run hurts every recipe alike
         for recipe in recipes:
             run = train_run(recipe, seed, args.minutes * 60, train_tokens, evaluate, tok.vocab_size,
-                            args.eval_every * 60)
+                            args.eval_every * 60, save if args.save_models else None)
             print(f"{recipe.spec} seed {seed}: {run['val_bpb']:.4f} bpb, {run['steps']} steps, "
                   f"{run['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
             by_recipe[recipe.spec].append(run)

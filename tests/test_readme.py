@@ -29,6 +29,9 @@ SKIPPED = {
 }
 
 
+NOTES_NAMED = ("common", "model")  # notes/NAME.md, which the README's commands read
+
+
 def shrink(argv: list[str], corpus: Path) -> list[str]:
     """The test-sized version of a README command: same verb, same options, less work."""
     if argv[:2] == ["make", "demo"]:  # what `make demo` runs, at the test preset on the test corpus
@@ -54,8 +57,9 @@ def test_readme_commands_run_as_written(corpus_dir, smollm2_home, tmp_path):
     (home / ".cache" / "llmos").mkdir(parents=True)
     (home / ".cache" / "llmos" / "models").symlink_to(smollm2_home / "models")
     (work / "notes" / "2024").mkdir(parents=True)
-    for i, path in enumerate(sorted((ROOT / "llmos").glob("*.py"))[:12]):  # "your notes"
-        (work / "notes" / ("2024" if i % 2 else "") / f"{path.stem}.md").write_text(path.read_text())
+    for i, path in enumerate(sorted((ROOT / "llmos").glob("*.py"))[:12]):  # "your notes", some in a subfolder
+        folder = "2024" if i % 2 and path.stem not in NOTES_NAMED else ""
+        (work / "notes" / folder / f"{path.stem}.md").write_text(path.read_text())
     (work / "books.jsonl").write_text("".join(json.dumps({"text": p.read_text()}) + "\n"
                                               for p in sorted((ROOT / "tests").glob("*.py"))[:8]))
     (work / "mine.jsonl").write_text("".join(json.dumps({"messages": [
