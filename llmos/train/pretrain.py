@@ -50,8 +50,8 @@ class ModelArgs:
         return ModelConfig.from_depth(self.depth, vocab_size=vocab_size, max_seq_len=seq_len, **overrides)
 
     def init(self, cfg: ModelConfig) -> Transformer:
-        """A freshly initialised model: each block then starts as the identity, and its output
-        projection's first Muon step sets its scale (a 2-core screen: docs/log.md, issue 13)."""
+        """A freshly initialised model. With zero_proj every block starts as the identity and its
+        output projections' first steps set their scale (a 2-core screen: docs/log.md, issue 13)."""
         model = Transformer(cfg)
         if self.zero_proj:
             with torch.no_grad():
