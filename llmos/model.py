@@ -426,10 +426,13 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, first_slot: int = 0, last=None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, first_slot: int = 0, last=None,
+                reduction: str = "mean"):
         """With `kv_cache`, row b of `idx` continues the sequence in slot first_slot + b, after the
         tokens already cached there (rows may be at different lengths). `last` (B,): logits only at
-        position last[b] of each row, (B, V) (a prefill needs no more, and the head is costly)."""
+        position last[b] of each row, (B, V) (a prefill needs no more, and the head is costly).
+        With `targets`: the mean cross-entropy (targets of -1 ignored), or with reduction="none" the
+        (B, T) per-token losses, 0 where ignored (RL and DPO sum them into log-probs)."""
         B, T = idx.shape
         end = T + (max(kv_cache.lengths[first_slot:first_slot + B], default=0) if kv_cache is not None else 0)
         if end > self.cfg.max_seq_len:
@@ -450,7 +453,9 @@ class Transformer(nn.Module):
         logits = self.lm_head(self.norm(x)).float()
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=reduction)
+        return loss.view(targets.shape) if reduction == "none" else loss
 
     def decode_static(self, idx, positions, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]):
         """Logits (B, V) of one new token per row: row b of `idx` (B, 1) at position positions[b] of

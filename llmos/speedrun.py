@@ -41,11 +41,12 @@ from llmos.perf import describe_machine, machine
 from llmos.report import markdown_table, write_report
 from llmos.train.loop import TrainConfig, read_metrics, run_dir_lock
 from llmos.train.pretrain import DataArgs, ModelArgs
+from llmos.train.rl import RLArgs, rl_train_config
 from llmos.train.sft import SFTArgs, sft_train_config
 
 MARKER = ".llmos-speedrun"
 # Everything a speedrun writes in its directory: what --fresh may delete.
-OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "report.md", "loss.png")
+OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "rl", "report.md", "loss.png")
 
 
 @dataclass
@@ -58,11 +59,19 @@ class Preset:
     sample_prompts: list[str] = field(default_factory=lambda: ["The", "In 1905,", "def main():", "KING HENRY:"])
     sample_tokens: int = 96
     eval: EvalArgs = field(default_factory=EvalArgs)
+    rl_args: RLArgs | None = None  # the RL stage on a checked task after SFT (cpu-full); None: no such stage
+    rl: TrainConfig = field(default_factory=rl_train_config)
     minutes: float = 0.0  # wall-clock budget of the whole speedrun; 0: the fixed steps of `train` and `sft_args`
     pretrain_share: float = 0.6  # of the training time left when pretraining starts
-    # Allowances for the short stages after pretraining (30 s of eval and 2 s of samples measured on
-    # an AVX2-only 2-core EPYC; one thread doubles them).
+    # Allowances for the stages after pretraining that do not plan to a budget (30 s of eval and 2 s of
+    # samples measured on an AVX2-only 2-core EPYC; one thread doubles them), and the RL stage's budget,
+    # set aside before pretraining and fine-tuning split the rest.
     tail_s: dict = field(default_factory=lambda: {"sample": 10.0, "eval": 75.0, "report": 5.0})
+    rl_minutes: float = 0.0
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [name for name, _ in STAGES if name != "rl" or self.rl_args is not None]
 
 
 PRESETS = {
@@ -89,7 +98,11 @@ PRESETS = {
 }
 # The whole pipeline: the cpu preset's stages with a budget of its own; the later capabilities (RL,
 # tools, safety) add their stages to it, and its report carries every capability's figures.
-PRESETS["cpu-full"] = replace(PRESETS["cpu"], minutes=90.0)
+PRESETS["cpu-full"] = replace(PRESETS["cpu"], minutes=90.0, rl_args=RLArgs(task="skills"), rl_minutes=30.0)
+# The tiny preset with every stage, for the tests of the later stages.
+PRESETS["tiny-full"] = replace(PRESETS["tiny"], rl_args=RLArgs(task="skills:add", group=4, prompts_per_step=2,
+                                                               max_tokens=8, eval_problems=8, eval_batch=8),
+                               rl=rl_train_config(steps=4, eval_every=4, ckpt_every=2, sample_every=4))
 
 
 @dataclass
@@ -112,9 +125,12 @@ class Context:
         p = self.preset
         if not p.minutes:
             return 0.0
-        tail = sum(p.tail_s.values())
-        left = p.minutes * 60 - self.spent()
-        seconds = p.pretrain_share * (left - tail) if stage == "pretrain" else left - p.tail_s["eval"] - p.tail_s["report"]
+        names = p.stage_names
+        later = [name for name in names[names.index(stage) + 1:] if name not in self.status]
+        allowance = sum(p.rl_minutes * 60 if name == "rl" else p.tail_s.get(name, 0.0) for name in later)
+        seconds = p.minutes * 60 - self.spent() - allowance
+        if stage == "pretrain":
+            seconds *= p.pretrain_share
         if seconds < 60:
             raise LlmosError(f"the {p.minutes:g}-minute budget leaves {max(seconds, 0):.0f} s for {stage}: "
                              "give the speedrun more --minutes")
@@ -176,6 +192,17 @@ def stage_eval(ctx: Context) -> dict:
     return {name: {k: v for k, v in r.items() if k != "items"} for name, r in results.items()}
 
 
+def stage_rl(ctx: Context) -> dict:
+    from llmos.train.rl import rl
+    out = ctx.run_dir / "rl"
+    resume = any((out / "checkpoints").glob("step_*.pt"))
+    args = replace(ctx.preset.rl_args, model=str(ctx.run_dir / "sft"), out=str(out))
+    result = rl(args, replace(ctx.preset.rl, minutes=ctx.minutes_for("rl")), resume=resume)
+    if result["interrupted"]:
+        raise LlmosError(f"RL was interrupted at step {result['step']}: run the speedrun again to resume")
+    return {k: v for k, v in result.items() if k != "curve"}
+
+
 def stage_report(ctx: Context) -> dict:
     base = ctx.run_dir / "base"
     config = read_json(base / "config.json", "the base model's config")
@@ -206,6 +233,7 @@ def stage_report(ctx: Context) -> dict:
                        "of training)." if steady else "No training steps logged."),
         ("Samples", "\n\n".join(f"```\n{s['text']}\n```" for s in ctx.done("sample")["samples"])),
         ("Assistant (SFT)", sft_section(ctx)),
+        *([("RL on verifiable rewards", rl_section(ctx))] if "rl" in ctx.status else []),
     ]
     write_report(ctx.run_dir / "report.md", f"llmos speedrun ({ctx.preset_name})", sections)
     shutil.copy(base / "loss.png", ctx.run_dir / "loss.png")
@@ -255,6 +283,21 @@ def sft_section(ctx: Context) -> str:
     ])
 
 
+def rl_section(ctx: Context) -> str:
+    """Held-out accuracy of the SFT model and of its RL continuation on the checked task, with intervals."""
+    done = ctx.done("rl")
+    rows = [[name, f"{r['accuracy']:.1%}", f"[{r['low']:.1%}, {r['high']:.1%}]", f"{r['reply_tokens']:.1f}"]
+            for name, r in (("SFT (before)", done["before"]), ("RL (after)", done["after"]))]
+    gain = done["after"]["accuracy"] - done["before"]["accuracy"]
+    return (f"Group-relative policy gradient (`llmos rl`, llmos/train/rl.py) on **{done['task']}** ("
+            f"{done['description']}) for {done['steps']} steps in {ctx.status['rl']['seconds'] / 60:.1f} minutes, "
+            f"starting from the SFT model. Held-out accuracy on {done['eval_problems']} problems of the task's "
+            f"eval split (greedy, 95% Wilson intervals): {gain * 100:+.1f} points. Always answering "
+            f"\"{done['constant_answer']['answer']}\" would score {done['constant_answer']['accuracy']:.1%}.\n\n"
+            + markdown_table(["model", "accuracy", "95% interval", "reply tokens"], rows)
+            + "\n\n![reward and monitors](rl/rewards.png)")
+
+
 STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("data", stage_data),
     ("tokenizer", stage_tokenizer),
@@ -262,6 +305,7 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("sample", stage_sample),
     ("sft", stage_sft),
     ("eval", stage_eval),
+    ("rl", stage_rl),
     ("report", stage_report),
 ]
 
@@ -328,6 +372,8 @@ def _run(preset: str, chosen: Preset, run_dir: Path, data: str) -> Path:
     print(f"[speedrun] {describe_machine()}"
           + (f"; budget {chosen.minutes:g} minutes" if chosen.minutes else "; fixed steps"), flush=True)
     for name, fn in STAGES:
+        if name not in chosen.stage_names:
+            continue
         if name in status and name != "report":
             print(f"[speedrun] {name}: done earlier, skipping")
             continue
@@ -378,9 +424,11 @@ def dry_run(preset: str, steps: int = 0, minutes: float = 0.0) -> dict:
     trainer = Trainer(model, train, Path("."), RandomTokens(chosen.vocab_size, train.batch_size, train.seq_len),
                       eval_tokens=train.eval_tokens)
     if chosen.minutes:
-        left = chosen.minutes * 60 - pretrain_minutes * 60 - sum(chosen.tail_s.values())
+        rl_s = chosen.rl_minutes * 60 if chosen.rl_args else 0.0
+        left = chosen.minutes * 60 - pretrain_minutes * 60 - sum(chosen.tail_s.values()) - rl_s
         print(f"speedrun {preset}: budget {chosen.minutes:g} minutes: pretraining {pretrain_minutes:.1f}, then "
-              f"fine-tuning whatever is left (about {left / 60:.1f}), allowances "
+              f"fine-tuning whatever is left (about {left / 60:.1f})"
+              + (f", RL {chosen.rl_minutes:g}" if rl_s else "") + ", allowances "
               + ", ".join(f"{k} {v:.0f} s" for k, v in chosen.tail_s.items())
               + "; the data and tokenizer stages come first and are charged as they take")
     return trainer.dry_run(f"the {preset} speedrun's pretraining ({model.num_params():,} parameters)")

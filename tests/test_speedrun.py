@@ -64,3 +64,19 @@ def test_fresh_refuses_a_directory_that_is_not_a_speedrun(corpus_dir, tmp_path, 
     (tmp_path / "afile").write_text("x")
     assert main(["speedrun", "--preset", "tiny", "--out", str(tmp_path / "afile"), "--fresh"]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_the_full_preset_continues_sft_with_rl_and_reports_before_and_after(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    done = subprocess.run(llmos_cmd("speedrun", "--preset", "tiny-full", "--data", str(corpus_dir), "--out", str(run)),
+                          env=subprocess_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = json.loads((run / "stages.json").read_text())
+    assert list(stages)[-3:] == ["eval", "rl", "report"] and stages["rl"]["steps"] == 4
+    rl = json.loads((run / "rl" / "rl.json").read_text())
+    assert rl["task"] == "skills:add" and rl["eval_problems"] == 8 and (run / "rl" / "model.llmos").is_file()
+    report = (run / "report.md").read_text()
+    section = report.split("## RL on verifiable rewards", 1)[1]
+    assert "**skills:add**" in section and "| SFT (before) |" in section and "| RL (after) |" in section
+    assert f"{rl['after']['accuracy']:.1%}" in section and "![reward and monitors](rl/rewards.png)" in section
+    assert (run / "rl" / "rewards.png").is_file()

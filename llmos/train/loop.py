@@ -4,12 +4,13 @@
     trainer.run(resume=False)
     trainer = Trainer(model, TrainConfig(minutes=12), ...)   # as many steps as 12 minutes allow (budget.py)
 
-Every job (pretraining now, fine-tuning later) hands the loop a model and a loader with
-`next_batch()` / `state_dict()` / `load_state_dict()`; the loop owns everything else:
+Every job (pretraining, fine-tuning, reward model, DPO, RL) hands the loop a model, a loader with
+`next_batch()` / `state_dict()` / `load_state_dict()` and an objective (llmos/train/objectives.py:
+`objective(net, batch) -> (loss, metrics)`; next-token by default); the loop owns everything else:
 - AdamW (or Muon for the matrices, AdamW for the rest), warmup then cosine or warmup-stable-decay;
 - gradient accumulation, clipping, bf16 autocast where the hardware has fast bf16, torch.compile;
 - DDP when launched by torchrun (gloo on CPU, nccl on CUDA), rank 0 writes everything;
-- `metrics.jsonl`, a loss-curve PNG, a tqdm bar with loss, tokens/s and MFU;
+- `metrics.jsonl` (with the objective's metrics), a loss-curve PNG, a tqdm bar with loss, tokens/s and MFU;
 - checkpoints written atomically every `ckpt_every` steps (the last `keep_ckpts` kept), one more on
   Ctrl-C (SIGINT/SIGTERM); `run(resume=True)` continues the exact trajectory from the latest one;
 - a wall-clock budget (`minutes`): the step count is planned and replanned from measured step times
@@ -38,12 +39,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from llmos.checkpoint import CKPT_VERSION, latest_checkpoint, load_checkpoint  # noqa: F401  (re-exported for the stages)
-from llmos.common import LlmosError, atomic_write, file_lock, os_error_message
+from llmos.common import LlmosError, atomic_write, file_lock, llmos_home, os_error_message
 from llmos.model import Transformer, default_lr
 from llmos.perf import compute_dtype, describe_machine, fast_bf16, matmul_peak_flops
 from llmos.report import read_metrics
 from llmos.train.budget import MEASURE_STEPS, Budget, Schedule, format_plan
 from llmos.train.muon import Muon
+from llmos.train.objectives import next_token
 
 
 
@@ -116,6 +118,17 @@ def lr_multiplier(step: int, cfg: TrainConfig, total: int | None = None) -> floa
     return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def to_device(batch, device: torch.device):
+    """A loader's batch (tensors, None, or tuples and dicts of them) on the training device."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,9 +177,10 @@ class Trainer:
                  evaluate: Callable[[Transformer], dict] | None = None,
                  sample: Callable[[Transformer], str] | None = None, checkpoint_extra: dict | None = None,
                  eval_first: bool = False, eval_tokens: int = 0, started: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, objective: Callable = next_token):
         """`eval_tokens`: about how many tokens one evaluation reads (a budget's first estimate of its
-        cost); `started`: the clock reading when the job began (a budget counts setup from there)."""
+        cost); `started`: the clock reading when the job began (a budget counts setup from there);
+        `objective(net, batch) -> (loss, metrics)` turns a loader's batch into the loss."""
         cfg.validate()
         if not cfg.minutes and cfg.steps < 1:
             raise LlmosError(f"--steps must be at least 1 (or give --minutes), not {cfg.steps}")
@@ -174,7 +188,8 @@ class Trainer:
             raise LlmosError(f"--seq-len must be at least 1, not {cfg.seq_len}")
         self.eval_first = eval_first  # also evaluate before the first step (fine-tuning: the base's figure)
         self.cfg, self.run_dir, self.loader = cfg, Path(run_dir), loader
-        self.evaluate, self.sample = evaluate, sample
+        self.evaluate, self.sample, self.objective = evaluate, sample, objective
+        self.step_metrics: dict[str, float] = {}  # the objective's metrics of the last step, averaged over micro-steps
         self.checkpoint_extra = checkpoint_extra or {}
         self.clock, self.eval_tokens = clock, eval_tokens
         self.device = resolve_device(cfg.device)
@@ -287,13 +302,18 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * mult
         total = torch.zeros((), device=self.device)
+        metrics: dict[str, float] = {}
         for micro in range(self.cfg.grad_accum):
-            x, y = (t.to(self.device, non_blocking=True) for t in self.loader.next_batch())
+            batch = to_device(self.loader.next_batch(), self.device)
             sync = micro == self.cfg.grad_accum - 1 or self.world == 1
             with (nullcontext() if sync else self.net.no_sync()), self.autocast():
-                loss = self.net(x, targets=y) / self.cfg.grad_accum
+                loss, micro_metrics = self.objective(self.net, batch)
+                loss = loss / self.cfg.grad_accum
             loss.backward()
             total += loss.detach()
+            for k, v in micro_metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v / self.cfg.grad_accum
+        self.step_metrics = {**getattr(self.loader, "metrics", {}), **metrics}
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip or float("inf"))
         for opt in self.optimizers:
             opt.step()
@@ -427,7 +447,7 @@ class Trainer:
                     self.write_metrics({"step": self.step, "loss": loss,
                                         "lr": self.lr * lr_multiplier(self.step - 1, cfg, self.steps),
                                         "grad_norm": grad_norm, "tokens": self.step * tokens_per_step,
-                                        "tok_per_s": tok_s, "mfu": mfu})
+                                        "tok_per_s": tok_s, "mfu": mfu, **self.step_metrics})
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
                     t_last, step_last = time.perf_counter(), self.step
                 self.replan(in_process)
@@ -461,6 +481,19 @@ def run_dir_lock(run_dir: Path, hold: bool = True) -> Iterator[None]:
         return
     with file_lock(Path(run_dir) / ".lock", f"the run directory {run_dir}", wait=False):
         yield
+
+
+@contextmanager
+def stage_run_dir(out: str, default_name: str, resume: bool) -> Iterator[Path]:
+    """A single-process stage's run directory (--out, else LLMOS_HOME/runs/DEFAULT_NAME), held for the
+    job: a resume needs a checkpoint there (a clear error before any work), a new run needs none."""
+    run_dir = Path(out).expanduser() if out else llmos_home() / "runs" / default_name
+    if resume:
+        latest_checkpoint(run_dir / "checkpoints")
+    else:
+        refuse_existing_run(run_dir)
+    with run_dir_lock(run_dir):
+        yield run_dir
 
 
 def refuse_existing_run(run_dir: Path) -> None:

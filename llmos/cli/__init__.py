@@ -11,6 +11,7 @@
     llmos export --model RUN --format gguf|hf|llmos     for llama.cpp, Hugging Face, or params file + run.py
     llmos import model.gguf|HF_DIR --out m.llmos        a foreign Llama model into a params file
     llmos compress FILE | decompress FILE.llz           the model as a lossless compressor
+    llmos rl --model SFT --task skills                  RL on verifiable rewards (group-relative policy gradient)
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import inspect
 import json
 import re
@@ -70,6 +72,9 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens_help: str, tem
     parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible (chat: every reply)")
 
 
+# Verb groups that live in a module of their own (llmos/cli/GROUP.py, with add_parsers(verbs, fmt)):
+# the comparison and RLHF stages.
+VERB_GROUPS = ("rl",)
 GENERATE_TOKENS = 200  # `llmos generate`'s default length, when the context has room for it
 
 
@@ -513,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, default=4.0, help="the check's budget over the largest swept one")
     p.add_argument("--out", default="", help="sweep directory (default: LLMOS_HOME/runs/scaling)")
     p.set_defaults(func=cmd_scaling_check)
+    for group in VERB_GROUPS:
+        importlib.import_module(f"llmos.cli.{group}").add_parsers(verbs, fmt)
     return parser
 
 
@@ -530,7 +537,3 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
