@@ -13,8 +13,10 @@
     llmos compress FILE | decompress FILE.llz           the model as a lossless compressor
     llmos label --model M [--model M2]                  a web page to compare two answers (label export|stats)
     llmos prefs --model M --out PAIRS                   preference pairs built by code (+ collected labels)
+    llmos rm --model M --pairs PAIRS                    a reward model (Bradley-Terry) with held-out accuracy
     llmos dpo --model SFT --pairs PAIRS                 direct preference optimization against a frozen reference
     llmos rl --model SFT --task skills                  RL on verifiable rewards (group-relative policy gradient)
+    llmos arena --models A B C --task T --judge J       pairwise comparisons -> Bradley-Terry ratings
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -77,7 +79,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens_help: str, tem
 
 # Verb groups that live in a module of their own (llmos/cli/GROUP.py, with add_parsers(verbs, fmt)):
 # the comparison and RLHF stages.
-VERB_GROUPS = ("rl", "label", "prefs")
+VERB_GROUPS = ("rl", "label", "prefs", "arena")
 GENERATE_TOKENS = 200  # `llmos generate`'s default length, when the context has room for it
 
 
