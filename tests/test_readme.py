@@ -26,6 +26,7 @@ SKIPPED = {
     "bench/gpu_check.sh": "needs a GPU",
     "llmos scaling": "the sweep takes 45 minutes (test_scaling runs a small one through the same code)",
     "llmos serve": "a server that runs until stopped (test_serve and test_web_chat start it on a free port)",
+    "llmos label --model": "a server that runs until stopped (test_label and test_label_browser start it)",
 }
 
 
@@ -43,7 +44,15 @@ def shrink(argv: list[str], corpus: Path) -> list[str]:
             if option in argv:
                 at = argv.index(option)
                 argv = argv[:at] + small + argv[at + 2:]
-    return argv
+    if argv[1:2] in (["rm"], ["dpo"], ["rl"]) and "--minutes" in argv:  # a few steps of each stage
+        at = argv.index("--minutes")
+        argv = argv[:at] + ["--steps", "3"] + argv[at + 2:]
+    if "--task" in argv:  # the tiny model's context (64 tokens) holds the short arithmetic questions
+        argv[argv.index("--task") + 1] = "skills:add"
+    small = {"prefs": ["--per-source", "12", "--max-tokens", "8", "--task", "skills:add"],
+             "rl": ["--max-tokens", "8", "--eval-problems", "8", "--group", "2", "--prompts-per-step", "2"],
+             "arena": ["--prompts", "8", "--max-tokens", "8", "--bootstrap", "20"]}
+    return argv + small.get(argv[1], []) if argv[0] == "llmos" and len(argv) > 1 else argv
 
 
 def readme_commands() -> list[str]:
@@ -91,7 +100,9 @@ def test_readme_commands_run_as_written(corpus_dir, smollm2_home, tmp_path):
     for made in ("mymodel/model.llmos", "mymodel/run.py", "smollm2.llmos", "smollm2-q8.gguf", "mine-hf/config.json"):
         assert (work / made).is_file(), made
     assert (work / "common-copy.md").read_bytes() == (work / "notes" / "common.md").read_bytes()  # compress, decompress
-    for run in ("runs/sft", "runs/smol", "runs/mine", "corpora/mine"):
+    leaderboard = (home / "runs" / "arena" / "leaderboard.md").read_text()
+    assert all(f"| {name} |" in leaderboard for name in ("sft", "dpo", "rl"))
+    for run in ("runs/sft", "runs/smol", "runs/mine", "corpora/mine", "runs/prefs", "runs/rm", "runs/dpo", "runs/rl"):
         assert (home / run).is_dir(), run
 
 
