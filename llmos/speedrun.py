@@ -46,7 +46,8 @@ from llmos.train.sft import SFTArgs, sft_train_config
 
 MARKER = ".llmos-speedrun"
 # Everything a speedrun writes in its directory: what --fresh may delete.
-OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "rl", "report.md", "loss.png")
+OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "rl", "arena", "report.md",
+         "loss.png")
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Preset:
 
     @property
     def stage_names(self) -> list[str]:
-        return [name for name, _ in STAGES if name != "rl" or self.rl_args is not None]
+        return [name for name, _ in STAGES if name not in ("rl", "arena") or self.rl_args is not None]
 
 
 PRESETS = {
@@ -98,7 +99,8 @@ PRESETS = {
 }
 # The whole pipeline: the cpu preset's stages with a budget of its own; the later capabilities (RL,
 # tools, safety) add their stages to it, and its report carries every capability's figures.
-PRESETS["cpu-full"] = replace(PRESETS["cpu"], minutes=90.0, rl_args=RLArgs(task="skills"), rl_minutes=30.0)
+PRESETS["cpu-full"] = replace(PRESETS["cpu"], minutes=90.0, rl_args=RLArgs(task="skills"), rl_minutes=30.0,
+                              tail_s={**PRESETS["cpu"].tail_s, "arena": 150.0})
 # The tiny preset with every stage, for the tests of the later stages.
 PRESETS["tiny-full"] = replace(PRESETS["tiny"], rl_args=RLArgs(task="skills:add", group=4, prompts_per_step=2,
                                                                max_tokens=8, eval_problems=8, eval_batch=8),
@@ -203,6 +205,16 @@ def stage_rl(ctx: Context) -> dict:
     return {k: v for k, v in result.items() if k != "curve"}
 
 
+def stage_arena(ctx: Context) -> dict:
+    """Base, SFT and RL models answer the RL task's held-out problems; its checker judges every two."""
+    from llmos.arena import ArenaArgs, arena
+    rl = ctx.preset.rl_args
+    result = arena(ArenaArgs(models=[f"{name}={ctx.run_dir / name}" for name in ("base", "sft", "rl")], task=rl.task,
+                             prompts=rl.eval_problems, max_tokens=rl.max_tokens, batch=rl.eval_batch,
+                             out=str(ctx.run_dir / "arena")))
+    return {"ranking": [{k: r[k] for k in ("name", "rating", "low", "high", "accuracy")} for r in result["models"]]}
+
+
 def stage_report(ctx: Context) -> dict:
     base = ctx.run_dir / "base"
     config = read_json(base / "config.json", "the base model's config")
@@ -295,7 +307,16 @@ def rl_section(ctx: Context) -> str:
             f"eval split (greedy, 95% Wilson intervals): {gain * 100:+.1f} points. Always answering "
             f"\"{done['constant_answer']['answer']}\" would score {done['constant_answer']['accuracy']:.1%}.\n\n"
             + markdown_table(["model", "accuracy", "95% interval", "reply tokens"], rows)
-            + "\n\n![reward and monitors](rl/rewards.png)")
+            + "\n\n![reward and monitors](rl/rewards.png)"
+            + ("\n\n" + arena_section(ctx) if "arena" in ctx.status else ""))
+
+
+def arena_section(ctx: Context) -> str:
+    board = (ctx.run_dir / "arena" / "leaderboard.md").read_text(encoding="utf-8")
+    table = board.split("\n\n")[3]  # the ratings table (arena.py write_leaderboard)
+    return ("Arena on the same problems, every two models judged by the task's checker (`llmos arena`; "
+            "Bradley-Terry ratings on the Elo scale with bootstrap intervals; arena/leaderboard.md has the "
+            "pairwise win rates):\n\n" + table + "\n\n![arena](arena/leaderboard.png)")
 
 
 STAGES: list[tuple[str, Callable[[Context], dict]]] = [
@@ -306,6 +327,7 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("sft", stage_sft),
     ("eval", stage_eval),
     ("rl", stage_rl),
+    ("arena", stage_arena),
     ("report", stage_report),
 ]
 
@@ -425,7 +447,7 @@ def dry_run(preset: str, steps: int = 0, minutes: float = 0.0) -> dict:
                       eval_tokens=train.eval_tokens)
     if chosen.minutes:
         rl_s = chosen.rl_minutes * 60 if chosen.rl_args else 0.0
-        left = chosen.minutes * 60 - pretrain_minutes * 60 - sum(chosen.tail_s.values()) - rl_s
+        left = chosen.minutes * 60 - pretrain_minutes * 60 - sum(chosen.tail_s.values()) - rl_s  # every tail is later
         print(f"speedrun {preset}: budget {chosen.minutes:g} minutes: pretraining {pretrain_minutes:.1f}, then "
               f"fine-tuning whatever is left (about {left / 60:.1f})"
               + (f", RL {chosen.rl_minutes:g}" if rl_s else "") + ", allowances "

@@ -72,7 +72,7 @@ def test_the_full_preset_continues_sft_with_rl_and_reports_before_and_after(corp
                           env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     stages = json.loads((run / "stages.json").read_text())
-    assert list(stages)[-3:] == ["eval", "rl", "report"] and stages["rl"]["steps"] == 4
+    assert list(stages)[-4:] == ["eval", "rl", "arena", "report"] and stages["rl"]["steps"] == 4
     rl = json.loads((run / "rl" / "rl.json").read_text())
     assert rl["task"] == "skills:add" and rl["eval_problems"] == 8 and (run / "rl" / "model.llmos").is_file()
     report = (run / "report.md").read_text()
@@ -80,3 +80,5 @@ def test_the_full_preset_continues_sft_with_rl_and_reports_before_and_after(corp
     assert "**skills:add**" in section and "| SFT (before) |" in section and "| RL (after) |" in section
     assert f"{rl['after']['accuracy']:.1%}" in section and "![reward and monitors](rl/rewards.png)" in section
     assert (run / "rl" / "rewards.png").is_file()
+    assert {r["name"] for r in stages["arena"]["ranking"]} == {"base", "sft", "rl"}
+    assert "| base |" in section and "![arena](arena/leaderboard.png)" in section

@@ -51,6 +51,9 @@ from llmos.train.objectives import PolicyGradient, token_logprobs
 from llmos.train.sft import SFTArgs, attach_lora, pad_id
 
 
+RL_PROBLEM_SEED = 7919
+
+
 @dataclass
 class RLArgs:
     model: str = ""  # the model to improve: an SFT run dir, .llmos, .pt or a named model
@@ -269,7 +272,9 @@ def _rl(args: RLArgs, train_cfg: TrainConfig, resume: bool, started: float, run_
     model, tok, info = open_model(args.model)
     fmt = ChatFormat(tok, info["chat_template"])
     held_out = task.problems("eval", args.eval_problems, seed=0)
-    train_problems = task.problems("train", max(2000, 4 * args.prompts_per_step), seed=train_cfg.seed)
+    # Seeded apart from the SFT mixture's draw of the same generators (seed 0): RL on problems the
+    # SFT model memorised earns reward that does not carry to held-out ones (docs/log.md).
+    train_problems = task.problems("train", max(2000, 4 * args.prompts_per_step), seed=RL_PROBLEM_SEED + train_cfg.seed)
     longest = max(len(fmt.render_prompt(p.messages)) for p in train_problems + held_out)
     if longest + args.max_tokens + 1 > model.cfg.max_seq_len:
         raise LlmosError(f"a prompt of {longest} tokens plus --max-tokens {args.max_tokens} exceeds the model's "
