@@ -409,13 +409,19 @@ def write_replies(path: Path, prompts, problems, names, replies, lengths, correc
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def write_leaderboard(path: Path, result: dict) -> None:
+def ratings_table(result: dict) -> str:
+    """The leaderboard's ratings as a markdown table (the speedrun's report shows it too)."""
     from llmos.report import markdown_table
     checked = "accuracy" in result["models"][0]
     head = ["rank", "model", "rating", "95% interval", *(["accuracy [95% CI]"] if checked else []), "mean reply tokens"]
-    table = [[r["rank"], r["name"], f"{r['rating']:.0f}", f"[{r['low']:.0f}, {r['high']:.0f}]",
-              *([f"{r['accuracy']:.1%} [{r['accuracy_low']:.1%}, {r['accuracy_high']:.1%}]"] if checked else []),
-              f"{r['reply_tokens']:.1f}"] for r in result["models"]]
+    return markdown_table(head, [
+        [r["rank"], r["name"], f"{r['rating']:.0f}", f"[{r['low']:.0f}, {r['high']:.0f}]",
+         *([f"{r['accuracy']:.1%} [{r['accuracy_low']:.1%}, {r['accuracy_high']:.1%}]"] if checked else []),
+         f"{r['reply_tokens']:.1f}"] for r in result["models"]])
+
+
+def write_leaderboard(path: Path, result: dict) -> None:
+    from llmos.report import markdown_table
     pairs = [[p["a"], p["b"], p["comparisons"], p["wins"], p["losses"], p["ties"],
               f"{p['win_rate']:.1%} [{p['low']:.1%}, {p['high']:.1%}]" if p["comparisons"] else "-"]
              for p in result["pairs"]]
@@ -424,7 +430,7 @@ def write_leaderboard(path: Path, result: dict) -> None:
     text = (f"# Arena\n\nJudge: {result['judge']}; {result['prompts']} prompts ({source}), greedy replies of at most "
             f"{result['max_tokens']} tokens; {result['comparisons']} comparisons{waiting}.\n\n"
             f"Bradley-Terry ratings on the Elo scale (mean 1000), 95% intervals from {result['bootstrap']} bootstrap "
-            "resamples of the prompts.\n\n" + markdown_table(head, table) +
+            "resamples of the prompts.\n\n" + ratings_table(result) +
             "\n\n## Pairs\n\nWin rate of the first model: (wins + ties / 2) / comparisons, 95% Wilson interval.\n\n" +
             markdown_table(["model", "against", "comparisons", "wins", "losses", "ties", "win rate [95% CI]"], pairs)
             + "\n")

@@ -312,8 +312,8 @@ def rl_section(ctx: Context) -> str:
 
 
 def arena_section(ctx: Context) -> str:
-    board = (ctx.run_dir / "arena" / "leaderboard.md").read_text(encoding="utf-8")
-    table = board.split("\n\n")[3]  # the ratings table (arena.py write_leaderboard)
+    from llmos.arena import ratings_table
+    table = ratings_table(read_json(ctx.run_dir / "arena" / "arena.json", "the arena's results"))
     return ("Arena on the same problems, every two models judged by the task's checker (`llmos arena`; "
             "Bradley-Terry ratings on the Elo scale with bootstrap intervals; arena/leaderboard.md has the "
             "pairwise win rates):\n\n" + table + "\n\n![arena](arena/leaderboard.png)")

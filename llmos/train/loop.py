@@ -190,6 +190,7 @@ class Trainer:
         self.cfg, self.run_dir, self.loader = cfg, Path(run_dir), loader
         self.evaluate, self.sample, self.objective = evaluate, sample, objective
         self.step_metrics: dict[str, float] = {}  # the objective's metrics of the last step, averaged over micro-steps
+        self.tokens_seen = 0  # input tokens of the batches this process trained on (throughput)
         self.checkpoint_extra = checkpoint_extra or {}
         self.clock, self.eval_tokens = clock, eval_tokens
         self.device = resolve_device(cfg.device)
@@ -305,6 +306,8 @@ class Trainer:
         metrics: dict[str, float] = {}
         for micro in range(self.cfg.grad_accum):
             batch = to_device(self.loader.next_batch(), self.device)
+            # Rows actually processed (RL's batches change shape with each rollout): what tok/s counts.
+            self.tokens_seen += (batch[0] if isinstance(batch, (tuple, list)) else batch).numel() * self.world
             sync = micro == self.cfg.grad_accum - 1 or self.world == 1
             with (nullcontext() if sync else self.net.no_sync()), self.autocast():
                 loss, micro_metrics = self.objective(self.net, batch)
@@ -424,7 +427,7 @@ class Trainer:
         last_eval = None
         bar = tqdm(total=self.steps if not self.budget else None, initial=self.step, disable=not self.is_main,
                    unit="step", dynamic_ncols=True)
-        t_last, step_last, in_process = time.perf_counter(), self.step, 0
+        t_last, tokens_last, in_process = time.perf_counter(), self.tokens_seen, 0
         try:
             while self.step < self.steps:
                 if self.step % cfg.eval_every == 0 and (self.step > 0 or self.eval_first):
@@ -442,14 +445,14 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.steps:
                     dt = time.perf_counter() - t_last
-                    tok_s = tokens_per_step * (self.step - step_last) / dt
+                    tok_s = (self.tokens_seen - tokens_last) / dt
                     mfu = tok_s * flops_per_token / (peak * self.world)
                     self.write_metrics({"step": self.step, "loss": loss,
                                         "lr": self.lr * lr_multiplier(self.step - 1, cfg, self.steps),
                                         "grad_norm": grad_norm, "tokens": self.step * tokens_per_step,
                                         "tok_per_s": tok_s, "mfu": mfu, **self.step_metrics})
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
-                    t_last, step_last = time.perf_counter(), self.step
+                    t_last, tokens_last = time.perf_counter(), self.tokens_seen
                 self.replan(in_process)
                 self.agree()
                 if self.budget and bar.total != self.steps and self.budget.plans:
