@@ -48,11 +48,13 @@ def tiny_chat_model(path: Path, tokenizer_path: Path, max_seq_len: int = 256, se
 
 
 @contextlib.contextmanager
-def running_server(*args: str, env: dict | None = None, log: Path | None = None) -> Iterator[str]:
-    """`llmos serve ARGS --port FREE`, yielding its base URL once /health answers 200."""
+def running_process(verb: str, *args: str, env: dict | None = None,
+                    log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`llmos VERB ARGS --port FREE` (serve, label), yielding (base URL, process) once /health answers
+    200; SIGTERM on the way out (a test may have killed it already)."""
     port = free_port()
     out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "llmos.cli", "serve", *args, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "llmos.cli", verb, *args, "--port", str(port)],
                             stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -60,16 +62,16 @@ def running_server(*args: str, env: dict | None = None, log: Path | None = None)
         while True:
             if proc.poll() is not None:
                 tail = Path(log).read_text(errors="replace")[-2000:] if log else ""
-                raise RuntimeError(f"llmos serve exited with status {proc.returncode} before answering: {tail}")
+                raise RuntimeError(f"llmos {verb} exited with status {proc.returncode} before answering: {tail}")
             try:
                 if httpx.get(base + "/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"llmos serve did not answer /health within {STARTUP_LIMIT_S} s")
+                raise RuntimeError(f"llmos {verb} did not answer /health within {STARTUP_LIMIT_S} s")
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -80,3 +82,10 @@ def running_server(*args: str, env: dict | None = None, log: Path | None = None)
                 proc.wait()
         if log:
             out.close()
+
+
+@contextlib.contextmanager
+def running_server(*args: str, env: dict | None = None, log: Path | None = None) -> Iterator[str]:
+    """`llmos serve ARGS --port FREE`, yielding its base URL once /health answers 200."""
+    with running_process("serve", *args, env=env, log=log) as (base, _):
+        yield base

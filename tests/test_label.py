@@ -4,20 +4,16 @@ process on a tiny model, and a `kill -9` of that server mid-session that loses n
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sqlite3
-import subprocess
-import time
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
-from conftest import llmos_cmd, subprocess_env
-from serving import STARTUP_LIMIT_S, free_port, tiny_chat_model
+from conftest import subprocess_env
+from serving import running_process, tiny_chat_model
 
 from llmos.cli import main
 from llmos.common import LlmosError
@@ -182,33 +178,9 @@ def test_prompt_files_and_the_built_in_prompts(tmp_path):
 
 # ----- the server -----
 
-@contextlib.contextmanager
-def label_server(*args: str, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+def label_server(*args: str, log: Path):
     """`llmos label ARGS --port FREE` as a subprocess, yielding (base URL, process) once /health answers."""
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(llmos_cmd("label", *args, "--port", str(port)), stdout=out, stderr=subprocess.STDOUT,
-                                env=subprocess_env(OMP_NUM_THREADS="1"))
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + STARTUP_LIMIT_S
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"llmos label exited with {proc.returncode}: {log.read_text()[-2000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(base + "/health", timeout=2).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, f"llmos label did not answer within {STARTUP_LIMIT_S} s"
-                time.sleep(0.1)
-            yield base, proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    return running_process("label", *args, env=subprocess_env(OMP_NUM_THREADS="1"), log=log)
 
 
 def write_prompts(path: Path, n: int) -> Path:
