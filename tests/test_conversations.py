@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from dataclasses import replace
@@ -223,3 +224,26 @@ def test_build_mixture(tmp_path, capsys):
     assert "conversation source wiki-qa failed" in capsys.readouterr().err
     with pytest.raises(LlmosError, match="unknown conversation source.*valid: chitchat"):
         conv.build_mixture(tmp_path / "mix3", sources=["nope"])
+
+
+def left_to_right(expression: str) -> int:
+    """'4 - 1 - 3' -> 0."""
+    first, *rest = expression.split()
+    value = int(first)
+    for sign, number in zip(rest[::2], rest[1::2]):
+        value += int(number) if sign == "+" else -int(number)
+    return value
+
+
+def test_column_work_states_true_steps_and_the_result():
+    """Every one-digit step of the worked additions and subtractions is true, and the last line is the answer."""
+    equation = re.compile(r"(\d+(?: [-+] \d+)+) = (\d+)")
+    for op, a, b in [(op, a, b) for op in ("add", "sub") for a in range(100) for b in range(100) if op == "add" or a >= b]:
+        work = conv.column_work(op, a, b)
+        result = a + b if op == "add" else a - b
+        assert work.endswith(f"{a} {conv.SYMBOLS[op]} {b} = {result}."), work
+        steps = equation.findall(work)
+        assert steps and all(left_to_right(lhs) == int(rhs) for lhs, rhs in steps), work
+        if a >= 10 or b >= 10:
+            assert work.startswith("Ones: ") and ("carry 1" in work) == (op == "add" and a % 10 + b % 10 >= 10)
+            assert ("borrow" in work) == (op == "sub" and a % 10 < b % 10)

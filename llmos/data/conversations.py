@@ -256,6 +256,7 @@ blanket cabbage camera carpet circle desert dinner effort finger forest giraffe 
 kitten lantern lizard lobster mango melody napkin oyster painter pebble penguin pickle pretzel
 raccoon ribbon robot salmon season signal squirrel statue stream teapot thimble tractor trumpet""".split()
 NAMES = ("Sam", "Mia", "Ravi", "Lena", "Omar", "Ada", "Kofi", "Yuki")
+SYMBOLS = {"add": "+", "sub": "-", "mul": "x"}
 THINGS = ("apples", "marbles", "stickers", "books", "coins", "shells", "pencils", "cards")
 
 
@@ -283,15 +284,38 @@ def _skill(rng: random.Random) -> tuple[str, str, str, str, dict]:
                 f'time{"" if count == 1 else "s"}.', str(count), {"kind": kind, "word": word, "letter": letter})
     op = kind.removeprefix("word_")
     a, b, key = _operands(rng, op)
-    symbol, c = {"add": ("+", a + b), "sub": ("-", a - b), "mul": ("x", a * b)}[op]
+    c = {"add": a + b, "sub": a - b, "mul": a * b}[op]
     if kind == op:
-        question = f"What is {a} {symbol} {b}?"
+        question = f"What is {a} {SYMBOLS[op]} {b}?"
     else:
         name, things = rng.choice(NAMES), rng.choice(THINGS)
         question = {"add": f"{name} has {a} {things} and gets {b} more. How many {things} does {name} have now?",
                     "sub": f"{name} has {a} {things} and gives away {b}. How many {things} are left?",
                     "mul": f"{name} fills {a} boxes with {b} {things} each. How many {things} is that in all?"}[op]
-    return key, question, f"{a} {symbol} {b} = {c}.", str(c), {"kind": kind, "a": a, "b": b}
+    return key, question, column_work(op, a, b), str(c), {"kind": kind, "a": a, "b": b}
+
+
+def column_work(op: str, a: int, b: int) -> str:
+    """The worked reply to a + b or a - b of two-digit numbers, column by column as in school:
+    ones first (with the carry or the borrow said out loud), then tens, then the result. A 3M-parameter
+    model cannot look up a two-digit sum it never saw, but it can learn the hundred one-digit facts
+    and chain them; products stay one line (the multiplication table is the fact)."""
+    if op == "mul":
+        return f"{a} x {b} = {a * b}."
+    if a < 10 and b < 10:
+        return f"{a} {SYMBOLS[op]} {b} = {a + b if op == 'add' else a - b}."
+    (a_tens, a_ones), (b_tens, b_ones) = divmod(a, 10), divmod(b, 10)
+    if op == "add":
+        ones, tens = a_ones + b_ones, a_tens + b_tens + (a_ones + b_ones >= 10)
+        first = (f"{a_ones} + {b_ones} = {ones}, write {ones % 10} and carry 1." if ones >= 10
+                 else f"{a_ones} + {b_ones} = {ones}.")
+        second = f"{a_tens} + {b_tens}{' + 1' if ones >= 10 else ''} = {tens}."
+        return f"Ones: {first} Tens: {second} So {a} + {b} = {a + b}."
+    borrow = a_ones < b_ones
+    first = (f"{a_ones} is less than {b_ones}, so borrow: {a_ones + 10} - {b_ones} = {a_ones + 10 - b_ones}."
+             if borrow else f"{a_ones} - {b_ones} = {a_ones - b_ones}.")
+    second = f"{a_tens}{' - 1' if borrow else ''} - {b_tens} = {a_tens - borrow - b_tens}."
+    return f"Ones: {first} Tens: {second} So {a} - {b} = {a - b}."
 
 
 def skills(split: str, seed: int, n: int | None = None) -> list[dict]:
