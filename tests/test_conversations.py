@@ -227,23 +227,29 @@ def test_build_mixture(tmp_path, capsys):
 
 
 def left_to_right(expression: str) -> int:
-    """'4 - 1 - 3' -> 0."""
+    """'4 - 1 - 3' -> 0, '7 x 3 + 5' -> 26 (a worked step multiplies first, if at all)."""
     first, *rest = expression.split()
     value = int(first)
     for sign, number in zip(rest[::2], rest[1::2]):
-        value += int(number) if sign == "+" else -int(number)
+        value = value * int(number) if sign == "x" else value + int(number) if sign == "+" else value - int(number)
     return value
 
 
 def test_column_work_states_true_steps_and_the_result():
-    """Every one-digit step of the worked additions and subtractions is true, and the last line is the answer."""
-    equation = re.compile(r"(\d+(?: [-+] \d+)+) = (\d+)")
-    for op, a, b in [(op, a, b) for op in ("add", "sub") for a in range(100) for b in range(100) if op == "add" or a >= b]:
+    """Every one-digit step of the worked sums, differences and products is true, the carries and
+    borrows are said where they happen, and the reply ends with the result."""
+    equation = re.compile(r"(\d+(?: [-+x] \d+)+) = (\d+)")
+    problems = [(op, a, b) for op in ("add", "sub") for a in range(100) for b in range(100) if op == "add" or a >= b]
+    for op, a, b in problems + [("mul", a, b) for a in range(2, 10) for b in range(2, 1000)]:
         work = conv.column_work(op, a, b)
-        result = a + b if op == "add" else a - b
+        result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
         assert work.endswith(f"{a} {conv.SYMBOLS[op]} {b} = {result}."), work
         steps = equation.findall(work)
         assert steps and all(left_to_right(lhs) == int(rhs) for lhs, rhs in steps), work
-        if a >= 10 or b >= 10:
+        if op == "mul" and b >= 10:  # a step per digit of b: the last one's value, then the others' ones, spell it
+            digits = [rhs for _, rhs in steps[:-1]]
+            assert len(digits) == len(str(b)) and digits[-1] + "".join(d[-1] for d in reversed(digits[:-1])) == str(result)
+            assert all(f"write {int(d) % 10} and carry {int(d) // 10}" in work for d in digits[:-1] if int(d) >= 10)
+        elif a >= 10 or b >= 10:
             assert work.startswith("Ones: ") and ("carry 1" in work) == (op == "add" and a % 10 + b % 10 >= 10)
             assert ("borrow" in work) == (op == "sub" and a % 10 < b % 10)

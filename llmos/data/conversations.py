@@ -261,7 +261,7 @@ THINGS = ("apples", "marbles", "stickers", "books", "coins", "shells", "pencils"
 
 
 def _operands(rng: random.Random, op: str) -> tuple[int, int, str]:
-    a, b = (rng.randint(2, 12), rng.randint(2, 50)) if op == "mul" else (rng.randint(0, 99), rng.randint(0, 99))
+    a, b = (rng.randint(2, 9), rng.randint(2, 999)) if op == "mul" else (rng.randint(0, 99), rng.randint(0, 99))
     if op == "sub":
         a, b = max(a, b), min(a, b)  # no negative answers
         return a, b, f"sub:{a},{b}"
@@ -296,12 +296,12 @@ def _skill(rng: random.Random) -> tuple[str, str, str, str, dict]:
 
 
 def column_work(op: str, a: int, b: int) -> str:
-    """The worked reply to a + b or a - b of two-digit numbers, column by column as in school:
-    ones first (with the carry or the borrow said out loud), then tens, then the result. A 3M-parameter
-    model cannot look up a two-digit sum it never saw, but it can learn the hundred one-digit facts
-    and chain them; products stay one line (the multiplication table is the fact)."""
+    """The worked reply to a + b or a - b of two-digit numbers, or a one-digit a times b of up to three
+    digits, column by column as in school: ones first (with the carry or the borrow said out loud),
+    then tens (and hundreds), then the result. A 3M-parameter model cannot look up a sum or product
+    it never saw, but it can learn the one-digit facts and chain them."""
     if op == "mul":
-        return f"{a} x {b} = {a * b}."
+        return _column_product(a, b)
     if a < 10 and b < 10:
         return f"{a} {SYMBOLS[op]} {b} = {a + b if op == 'add' else a - b}."
     (a_tens, a_ones), (b_tens, b_ones) = divmod(a, 10), divmod(b, 10)
@@ -316,6 +316,18 @@ def column_work(op: str, a: int, b: int) -> str:
              if borrow else f"{a_ones} - {b_ones} = {a_ones - b_ones}.")
     second = f"{a_tens}{' - 1' if borrow else ''} - {b_tens} = {a_tens - borrow - b_tens}."
     return f"Ones: {first} Tens: {second} So {a} - {b} = {a - b}."
+
+
+def _column_product(a: int, b: int) -> str:
+    if b < 10:
+        return f"{a} x {b} = {a * b}."
+    digits, steps, carry = [int(d) for d in reversed(str(b))], [], 0
+    for place, digit in zip(("Ones", "Tens", "Hundreds"), digits):
+        product, last = a * digit + carry, place == ("Ones", "Tens", "Hundreds")[len(digits) - 1]
+        step = f"{place}: {a} x {digit}{f' + {carry}' if carry else ''} = {product}"
+        carry = product // 10
+        steps.append(step + (f", write {product % 10} and carry {carry}." if carry and not last else "."))
+    return f"{' '.join(steps)} So {a} x {b} = {a * b}."
 
 
 def skills(split: str, seed: int, n: int | None = None) -> list[dict]:
