@@ -108,6 +108,10 @@ PRESETS["cpu-full"] = replace(PRESETS["cpu"], minutes=90.0, rl_minutes=30.0,
                                              kl_coef=0.02),
                               rl=rl_train_config(lr=1e-4, eval_every=100, ckpt_every=100),
                               tail_s={**PRESETS["cpu"].tail_s, "arena": 150.0})
+# The tiny preset with a context of 128: the README test's stand-in for `make demo`, whose later
+# commands (preference pairs, DPO) need room for a worked skills reply (up to ~90 tokens at vocab 512).
+PRESETS["tiny-128"] = replace(PRESETS["tiny"], train=replace(PRESETS["tiny"].train, seq_len=128),
+                              sft=replace(PRESETS["tiny"].sft, seq_len=128))
 # The tiny preset with every stage, for the tests of the later stages.
 PRESETS["tiny-full"] = replace(PRESETS["tiny"], rl_args=RLArgs(task="skills:add", group=4, prompts_per_step=2,
                                                                max_tokens=8, eval_problems=8, eval_batch=8),

@@ -36,7 +36,7 @@ NOTES_NAMED = ("common", "model")  # notes/NAME.md, which the README's commands 
 def shrink(argv: list[str], corpus: Path) -> list[str]:
     """The test-sized version of a README command: same verb, same options, less work."""
     if argv[:2] == ["make", "demo"]:  # what `make demo` runs, at the test preset on the test corpus
-        return ["llmos", "speedrun", "--preset", "tiny", "--data", str(corpus),
+        return ["llmos", "speedrun", "--preset", "tiny-128", "--data", str(corpus),
                 "--out", "~/.cache/llmos/runs/speedrun-cpu"]
     if argv[:2] in (["llmos", "pretrain"], ["llmos", "sft"]):
         argv = [*argv, "--no-compile"]  # compilation costs minutes here; test_train tests it
@@ -47,7 +47,7 @@ def shrink(argv: list[str], corpus: Path) -> list[str]:
     if argv[1:2] in (["rm"], ["dpo"], ["rl"]) and "--minutes" in argv:  # a few steps of each stage
         at = argv.index("--minutes")
         argv = argv[:at] + ["--steps", "3"] + argv[at + 2:]
-    if "--task" in argv:  # the tiny model's context (64 tokens) holds the short arithmetic questions
+    if "--task" in argv:  # the tiny model's context (128 tokens) holds an addition and its worked reply
         argv[argv.index("--task") + 1] = "skills:add"
     small = {"prefs": ["--per-source", "12", "--max-tokens", "8", "--task", "skills:add"],
              "rl": ["--max-tokens", "8", "--eval-problems", "8", "--group", "2", "--prompts-per-step", "2"],
