@@ -306,7 +306,8 @@ def column_work(op: str, a: int, b: int) -> str:
         return f"{a} {SYMBOLS[op]} {b} = {a + b if op == 'add' else a - b}."
     (a_tens, a_ones), (b_tens, b_ones) = divmod(a, 10), divmod(b, 10)
     if op == "add":
-        ones, tens = a_ones + b_ones, a_tens + b_tens + (a_ones + b_ones >= 10)
+        ones = a_ones + b_ones
+        tens = a_tens + b_tens + (ones >= 10)
         first = (f"{a_ones} + {b_ones} = {ones}, write {ones % 10} and carry 1." if ones >= 10
                  else f"{a_ones} + {b_ones} = {ones}.")
         second = f"{a_tens} + {b_tens}{' + 1' if ones >= 10 else ''} = {tens}."
@@ -322,10 +323,11 @@ def _column_product(a: int, b: int) -> str:
     if b < 10:
         return f"{a} x {b} = {a * b}."
     digits, steps, carry = [int(d) for d in reversed(str(b))], [], 0
-    for place, digit in zip(("Ones", "Tens", "Hundreds"), digits):
-        product, last = a * digit + carry, place == ("Ones", "Tens", "Hundreds")[len(digits) - 1]
-        step = f"{place}: {a} x {digit}{f' + {carry}' if carry else ''} = {product}"
+    for place, digit in enumerate(digits):
+        product = a * digit + carry
+        step = f"{('Ones', 'Tens', 'Hundreds')[place]}: {a} x {digit}{f' + {carry}' if carry else ''} = {product}"
         carry = product // 10
+        last = place == len(digits) - 1  # its whole value is written: no carry to say
         steps.append(step + (f", write {product % 10} and carry {carry}." if carry and not last else "."))
     return f"{' '.join(steps)} So {a} x {b} = {a * b}."
 
