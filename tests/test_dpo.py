@@ -73,7 +73,7 @@ def test_dpo_loss_is_the_formula_worked_by_hand():
     expected = (math.log(1 + math.exp(-0.5)) + math.log(2)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert metrics["reward_chosen"] == pytest.approx(0.25) and metrics["reward_rejected"] == pytest.approx(0.0)
-    assert metrics["reward_margin"] == pytest.approx(0.25) and metrics["reward_accuracy"] == 0.5
+    assert metrics["reward_margin"] == pytest.approx(0.25) and metrics["reward_accuracy"] == 0.75  # the tie: half
 
     # The objective sums each row's reply log-probs and takes the first half as chosen: per-token
     # losses (negative log-probs) of 4 rows, -1-masked positions giving 0.
@@ -138,7 +138,7 @@ def test_dpo_raises_the_heldout_margin(tok, chatml_tok, tmp_path, kind):
     assert dpo_cli("--model", str(base), "--pairs", str(pairs), "--out", str(out), *flags) == 0
     summary = json.loads((out / "dpo.json").read_text())
     before, after = summary["before"], summary["after"]
-    assert before["reward_margin"] == 0 and before["reward_accuracy"] == 0  # the policy starts as the reference
+    assert before["reward_margin"] == 0 and before["reward_accuracy"] == 0.5  # the reference itself: all ties
     assert after["reward_margin"] > 0.2 and after["reward_accuracy"] == 1.0, summary
     assert after["logp_margin"] > before["logp_margin"] + 2 and after["accuracy"] == 1.0, summary
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -42,7 +42,7 @@ from llmos.load import open_model
 from llmos.params import save_params
 from llmos.report import read_metrics
 from llmos.train.loop import Trainer, TrainConfig, stage_run_dir
-from llmos.train.objectives import DPO, token_logprobs
+from llmos.train.objectives import DPO, margin_accuracy, token_logprobs
 from llmos.train.sft import SFTArgs, attach_lora, chat_sampler, pad_id
 
 Rendered = tuple[list[int], list[int]]  # a row's ids and its targets' mask (1: a reply token)
@@ -189,8 +189,8 @@ def heldout_figures(policy: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.
     logp_margin = policy[0] - policy[1]
     reward_margin = beta * (logp_margin - (ref[0] - ref[1]))
     return {"heldout_logp_margin": logp_margin.mean().item(), "heldout_reward_margin": reward_margin.mean().item(),
-            "heldout_accuracy": (logp_margin > 0).float().mean().item(),
-            "heldout_reward_accuracy": (reward_margin > 0).float().mean().item(),
+            "heldout_accuracy": margin_accuracy(logp_margin),
+            "heldout_reward_accuracy": margin_accuracy(reward_margin),
             "heldout_loss": -F.logsigmoid(reward_margin).mean().item()}
 
 

@@ -42,9 +42,15 @@ def token_logprobs(net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -net(x, targets=y, reduction="none")
 
 
+def margin_accuracy(margin: torch.Tensor) -> float:
+    """How often the chosen side scored higher, an exact tie counting half (a DPO policy that is still
+    its reference ties every pair: chance, not zero)."""
+    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
+
+
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
     margin = chosen - rejected
-    return -F.logsigmoid(margin).mean(), {"accuracy": (margin > 0).float().mean().item(),
+    return -F.logsigmoid(margin).mean(), {"accuracy": margin_accuracy(margin),
                                            "margin": margin.mean().item()}
 
 
@@ -66,7 +72,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return -F.logsigmoid(margin).mean(), {"reward_chosen": chosen_reward.mean().item(),
                                            "reward_rejected": rejected_reward.mean().item(),
                                            "reward_margin": margin.mean().item(),
-                                           "reward_accuracy": (margin > 0).float().mean().item()}
+                                           "reward_accuracy": margin_accuracy(margin)}
 
 
 @dataclass
