@@ -17,7 +17,8 @@ throughput it measures (llmos/train/budget.py), so a faster CPU buys more steps,
 pretraining starts, what is left after the finished stages and an allowance for the short stages
 after it (`tail_s`) is split `pretrain_share` : the rest between pretraining and fine-tuning; when
 fine-tuning starts it takes whatever is left but the evaluation's and report's allowance, so an
-earlier stage that ran long or short moves the difference into fine-tuning. An interrupted run
+earlier stage that ran long or short moves the difference into fine-tuning. The RL stage (cpu-full)
+gets its `rl_minutes` and no more, less if the stages before it ran over. An interrupted run
 keeps each stage's budget (it travels in the checkpoints) and charges the time already spent.
 `--steps N` trains fixed steps instead (and the fine-tuning its preset epochs).
 
@@ -145,6 +146,8 @@ class Context:
         seconds = p.minutes * 60 - self.spent() - allowance
         if stage == "pretrain":
             seconds *= p.pretrain_share
+        if stage == "rl":  # its allowance is its budget: what earlier stages left unspent is not handed on
+            seconds = min(seconds, p.rl_minutes * 60)
         if seconds < 60:
             raise LlmosError(f"the {p.minutes:g}-minute budget leaves {max(seconds, 0):.0f} s for {stage}: "
                              "give the speedrun more --minutes")

@@ -166,6 +166,18 @@ def test_the_speedrun_splits_its_budget_between_the_training_stages():
     assert Context("tiny", PRESETS["tiny"], None, None, {}).minutes_for("pretrain") == 0  # fixed steps
 
 
+def test_the_rl_stage_gets_its_own_minutes_and_never_what_earlier_stages_left():
+    preset = PRESETS["cpu-full"]
+    after_rl = preset.tail_s["arena"] + preset.tail_s["report"]
+    ctx = Context("cpu-full", preset, None, None, {})
+    ctx.status.update(pretrain={"seconds": 1800.0}, sft={"seconds": 1200.0}, eval={"seconds": 20.0})
+    assert preset.minutes * 60 - 3020 - after_rl > preset.rl_minutes * 60  # earlier stages left some unspent
+    assert ctx.minutes_for("rl") == preset.rl_minutes
+    ctx.status["sft"]["seconds"] = 1700.0  # fine-tuning ran over: RL gets what is left, under its 30 minutes
+    left = preset.minutes * 60 - 3520 - after_rl
+    assert left < preset.rl_minutes * 60 and ctx.minutes_for("rl") * 60 == pytest.approx(left)
+
+
 def test_speedrun_dry_run_shows_the_stage_budgets_and_a_measured_plan(tmp_path):
     done = subprocess.run(llmos_cmd("speedrun", "--preset", "tiny", "--minutes", "5", "--dry-run",
                                     "--out", str(tmp_path / "never")),

@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="run directory (default: LLMOS_HOME/runs/speedrun-PRESET)")
     p.add_argument("--data", default="", help="a prepared corpus to use instead of the default one")
     p.add_argument("--minutes", type=float, default=0.0,
-                   help="wall-clock budget for the whole speedrun (0: the preset's; cpu 22, cpu-full 90)")
+                   help="wall-clock budget for the whole speedrun (0: the preset's; cpu 23, cpu-full 90)")
     p.add_argument("--steps", type=int, default=0, help="fixed pretraining steps instead of a time budget")
     p.add_argument("--fresh", action="store_true",
                    help="start over: delete what an earlier speedrun wrote in the run directory")
