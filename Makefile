@@ -23,8 +23,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
-# Programs some tests drive, as FILE:DEBIAN-PACKAGE (the browser test: chromium through chromedriver).
-SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver
+# Programs some tests drive, as FILE:DEBIAN-PACKAGE (the browser test: chromium through chromedriver;
+# the python tool's sandbox: bubblewrap).
+SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/bwrap:bubblewrap
 
 # Installs the missing ones where it can (root with apt-get). Elsewhere, or when apt fails, it says
 # what is missing and lets the tests run: those that need a program skip, naming it, or fail under

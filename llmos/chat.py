@@ -171,6 +171,26 @@ class ChatFormat:
             return self._native(messages, prompt=True)[0]
         return self.tok.hf.encode(self._text(messages, True), add_special_tokens=False).ids
 
+    def tool_result_ids(self, result: str) -> list[int]:
+        """The tokens forced after a tool call a reply just made: its assistant turn closes, the
+        result follows as a tool message, and a new assistant turn opens, exactly as `render_prompt`
+        lays out the same conversation. The result is always text, never a special token."""
+        if self.native:
+            body = self._literal.encode(result, add_special_tokens=False).ids
+            return [self._id[TURN_TOKENS["assistant"][1]], self._id[TOOL_RESULT[0]], *body,
+                    self._id[TOOL_RESULT[1]], self._id[TURN_TOKENS["assistant"][0]]]
+        for special in self._specials:  # a result may quote anything; it must not close a turn
+            result = result.replace(special, special.replace("<", "< "))
+        sentinel, slot = "\x00CALL\x00", "\x00RESULT\x00"
+        messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": sentinel}]
+        closed = self._text(messages, False)
+        opened = self._text(messages + [{"role": "tool", "content": slot}], True)
+        if not opened.startswith(closed) or slot not in opened:
+            raise LlmosError("this model's chat template does not render a tool message after an assistant one; "
+                             "it cannot run tools in a reply")
+        text = closed[closed.index(sentinel) + len(sentinel):] + opened[len(closed):]
+        return self.tok.hf.encode(text.replace(slot, result), add_special_tokens=False).ids
+
     def _native(self, messages: list[dict], prompt: bool) -> tuple[list[int], list[int]]:
         ids, mask = [self.tok.bos_id], [0]
 

@@ -13,7 +13,8 @@ Each step: (1) sequences waiting for a slot are prefilled in a one-slot staging 
 `prefill_chunk` tokens per step while others decode (a long prompt never stalls the batch), after
 reusing whatever the prefix cache holds of their start; a finished prefill is copied into a free
 row (into n rows for n samples of one prompt). (2) Rows with forced tokens pending (a tool's result:
-appended, not sampled) feed them. (3) Every row samples its next token from its own logits with its
+appended, not sampled) feed them; a row whose tool call is still running (llmos/infer/tooluse.py)
+holds its slot, fed a placeholder that its cache length forgets. (3) Every row samples its next token from its own logits with its
 own SamplingParams, generator and constraint, and is checked against its stop ids, stop strings,
 max_tokens, deadline and cancellation. (4) Finished rows leave at once; the last row moves into the
 hole, so running rows are always slots 0..B-1 and one batched forward feeds them all.
@@ -28,8 +29,9 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 import torch
 
@@ -40,8 +42,12 @@ from llmos.infer.speculate import Draft
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from llmos.infer.tooluse import ToolUse
+
 PREFILL_CHUNK = 512  # prompt tokens prefilled per step while other rows decode
 COMPILE_LEN_STEP = 256  # compiled decode: cache lengths are multiples of this (one compile each)
+HOLD = -1  # a row's "token" while its tool call runs: nothing is sampled, nothing is kept
 
 
 class Speculator(Protocol):
@@ -93,6 +99,9 @@ class Sequence:
         self._stop_hold = max((len(s) for s in params.stop), default=1) - 1
         self.new_tokens = 0  # tokens appended since the consumer last looked (see take_new)
         self.generated = 0  # sampled tokens (max_tokens counts these; forced ones are free)
+        self.tool_use: "ToolUse | None" = None  # runs the tool calls this reply makes (llmos/infer/tooluse.py)
+        self.tool_calls: list = []  # CallRecords, in order
+        self.pending_tool: Future | None = None  # a call running; the row holds its place meanwhile
 
     @property
     def finished(self) -> bool:
@@ -212,9 +221,13 @@ class Engine:
             raise LlmosError(f"the prompt holds token ids outside the vocabulary (0..{self.vocab_size - 1}): {bad[:3]}")
 
     def add(self, prompt: list[int], params: SamplingParams, n: int = 1,
-            constraints: list[Constraint | None] | None = None, deadline: float | None = None) -> list[Sequence]:
-        """Queue `n` samples of one prompt (prefilled once). With a seed, sample i uses seed + i."""
+            constraints: list[Constraint | None] | None = None, deadline: float | None = None,
+            tools: "ToolUse | None" = None) -> list[Sequence]:
+        """Queue `n` samples of one prompt (prefilled once). With a seed, sample i uses seed + i.
+        With `tools`, the replies' tool calls run and their results are forced in."""
         group = self.make_group(prompt, params, n, constraints, deadline)
+        for seq in group if tools is not None else []:
+            tools.attach(seq)
         self.waiting.append(group)
         return group
 
@@ -248,6 +261,7 @@ class Engine:
         self.steps += 1
         self._drop_cancelled_waiting()
         self._prefill()
+        self._collect_tool_results()
         self._feed_forced()
         if not self.running:
             return
@@ -267,11 +281,15 @@ class Engine:
                 row += 1
         if not self.running:
             return
-        drafts = self._drafts(tokens)
+        holding = [row for row, token in enumerate(tokens) if token == HOLD]
+        if len(holding) == len(tokens):  # every row waits for a tool: wait a little for one to finish
+            wait([seq.pending_tool for seq in self.running], timeout=0.05, return_when=FIRST_COMPLETED)
+            return
+        drafts = self._drafts(tokens) if not holding else None
         if drafts is not None:
             self._verify(tokens, drafts)
             return
-        ids = torch.tensor(tokens, device=self.device)[:, None]
+        ids = torch.tensor([0 if t == HOLD else t for t in tokens], device=self.device)[:, None]
         if self.compiled is not None:
             rows = len(self.running)
             positions = torch.tensor(self.cache.lengths[:rows], device=self.device)
@@ -280,8 +298,21 @@ class Engine:
                 self.cache.lengths[row] += 1
         else:
             self.next_logits[:len(self.running)] = self.model(ids, kv_cache=self.cache)[:, 0]
+        for row in holding:  # a holding row was fed a placeholder: forget it (the next write overwrites it)
+            self.cache.lengths[row] -= 1
         for seq, token in zip(self.running, tokens):
-            seq.cached.append(token)
+            if token != HOLD:
+                seq.cached.append(token)
+
+    def _collect_tool_results(self) -> None:
+        for seq in self.running:
+            if seq.pending_tool is not None and seq.pending_tool.done():
+                future, seq.pending_tool = seq.pending_tool, None
+                try:
+                    ids = future.result()
+                except Exception as e:  # a formatting failure: the model still gets an answer
+                    ids = seq.tool_use.fmt.tool_result_ids(f"error: the tool's result could not be given: {e}")
+                seq.force(ids)
 
     def _drafts(self, tokens: list[int]) -> list[Draft] | None:
         """Each row's draft to check with this step's token, or None when nothing is drafted."""
@@ -309,7 +340,8 @@ class Engine:
             kept = 0
             self.cache.lengths[row] = starts[row] + 1  # as plain decoding would have it at each check
             for i, proposed in enumerate(draft.tokens):
-                if seq.finished or not self._agrees(seq, logits[row, i], proposed, draft, i):
+                if seq.finished or seq.pending_tool is not None \
+                        or not self._agrees(seq, logits[row, i], proposed, draft, i):
                     break
                 kept += 1
                 self._accept(row, seq, proposed, None)
@@ -468,6 +500,8 @@ class Engine:
         if seq.deadline is not None and time.monotonic() > seq.deadline:
             seq._finish("timeout")
             return None
+        if seq.pending_tool is not None:
+            return HOLD
         params = seq.params
         logprob = None
         if greedy_token is not None:
@@ -500,6 +534,8 @@ class Engine:
         self.tokens_generated += 1
         if not seq.finished and (seq.generated >= params.max_tokens or self.cache.lengths[row] >= self.max_len):
             seq._finish("length")
+        if not seq.finished and seq.tool_use is not None and seq.tool_use.call_finished(seq):
+            seq.pending_tool = seq.tool_use.start(seq)
 
     def _release(self, row: int) -> None:
         """Free a finished row at once: the last row moves into its place."""

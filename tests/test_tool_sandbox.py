@@ -1,0 +1,149 @@
+"""Containment of the python tool (llmos/tools/python_sandbox.py): each attack is stopped or harmless,
+with a clear message, and the host is unaffected (no connection reached the listening port, no file
+appeared, no process outlived the call). Runs in the mode in force; bubblewrap is a Debian package
+`make test` installs, so under CI=true its absence is a failure."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import unavailable
+from llmos.tools.python_sandbox import Limits, Sandbox, bwrap_works, describe_layers
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    why = bwrap_works()
+    if why is not None:
+        unavailable(f"the python tool's full sandbox needs bubblewrap: {why}")
+    return Sandbox(Limits(cpu_s=3, wall_s=8, memory_mb=512, file_mb=4))
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in Path(entry.path, "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_layers_in_force_are_reported(sandbox):
+    text = describe_layers(sandbox)
+    assert "mode bwrap" in text and "network: none" in text and "read-only" in text
+    assert ("runs as nobody" in text) == (os.getuid() == 0)
+
+
+def test_code_runs_and_its_chart_comes_back(sandbox):
+    result = sandbox.run("import matplotlib.pyplot as plt\nplt.plot([1, 4, 9, 16])\nprint(sum(range(10)))")
+    assert not result.error and "exit 0" in result.text and "45" in result.text
+    assert len(result.images) == 1 and result.images[0].startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_no_connection_reaches_a_listening_loopback_port(sandbox):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept())
+            except (socket.timeout, OSError):
+                pass
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        result = sandbox.run(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                             "s.sendall(b'stolen')\nprint('connected')")
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert result.error and "connected" not in result.text and "Error" in result.text
+    assert accepted == []
+
+
+def test_a_dns_lookup_fails(sandbox):
+    result = sandbox.run("import socket\nprint(socket.getaddrinfo('pypi.org', 443))")
+    assert result.error and "gaierror" in result.text
+
+
+def test_secrets_on_the_host_cannot_be_read(sandbox):
+    secret = Path.home() / f".llmos-sandbox-test-{uuid.uuid4().hex}"
+    secret.write_text("the-home-secret")
+    try:
+        home = sandbox.run(f"print(open({str(secret)!r}).read())")
+        shadow = sandbox.run("print(open('/etc/shadow').read())")
+    finally:
+        secret.unlink()
+    assert home.error and "the-home-secret" not in home.text and "FileNotFoundError" in home.text
+    assert shadow.error and "PermissionError" in shadow.text and "root:" not in shadow.text
+
+
+def test_writes_outside_its_folder_do_not_reach_the_host(sandbox, tmp_path):
+    beside_tests = Path(__file__).parent / f"pwned-{uuid.uuid4().hex}"
+    for target in (beside_tests, Path("/usr/pwned")):
+        result = sandbox.run(f"open({str(target)!r}, 'w').write('x')")
+        assert result.error and "Read-only file system" in result.text and not target.exists()
+    in_tmp = tmp_path / "written-by-the-tool"  # the host's /tmp is not the sandbox's
+    result = sandbox.run(f"import os\nos.makedirs({str(tmp_path)!r})\nopen({str(in_tmp)!r}, 'w').write('x')")
+    assert not result.error and not in_tmp.exists()
+    here = sandbox.run("open('notes.txt', 'w').write('fine')\nprint(open('notes.txt').read())")
+    assert not here.error and "fine" in here.text  # its own folder is writable
+
+
+def test_a_fork_bomb_is_bounded_and_leaves_nothing(sandbox):
+    marker = f"bomb-{uuid.uuid4().hex}"
+    result = sandbox.run(f"import os, sys\nsys.argv = ['{marker}']\nwhile True:\n    os.fork()")
+    assert result.error and "at most" in result.text and "processes" in result.text
+    assert processes_with(marker) == []
+
+
+def test_a_memory_hog_is_stopped(sandbox):
+    result = sandbox.run("x = bytearray(2 * 1024 ** 3)")
+    assert result.error and "MemoryError" in result.text and "memory limit is 512 MB" in result.text
+
+
+def test_an_infinite_loop_is_stopped_by_the_cpu_limit(sandbox):
+    result = sandbox.run("while True:\n    pass")
+    assert result.error and "more than 3 seconds of CPU" in result.text
+
+
+def test_a_sleeper_is_stopped_by_the_wall_clock(sandbox):
+    result = sandbox.run("import time\ntime.sleep(60)")
+    assert result.error and "8-second wall-clock limit" in result.text
+
+
+def test_huge_output_is_cut(sandbox):
+    result = sandbox.run("import sys\nchunk = 'x' * 999 + '\\n'\nfor _ in range(100_000):\n    sys.stdout.write(chunk)")
+    assert result.error and "the output passed 4 MB" in result.text
+    assert len(result.text) < 20_000
+
+
+def test_ctypes_system_runs_nothing_that_matters(sandbox, tmp_path):
+    target = tmp_path / "via-system"
+    result = sandbox.run(f"import ctypes\nctypes.CDLL(None).system(b'id; touch {target}; touch /etc/pwned')")
+    assert not target.exists() and not Path("/etc/pwned").exists()
+    if os.getuid() == 0:
+        assert "uid=65534" in result.text  # a shell, but as nobody, without network, on a read-only view
+
+
+def test_no_child_process_outlives_the_call(sandbox):
+    marker = f"{uuid.uuid4().int % 10**9 + 10**9}"
+    result = sandbox.run(f"import subprocess\nsubprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
+                         "import os\nif os.fork() == 0:\n    os.setsid()\n    os.execvp('sleep', ['sleep', '{marker}'])\n"
+                         "print('left them running')")
+    assert "left them running" in result.text
+    assert processes_with(marker) == []
