@@ -38,6 +38,7 @@ import torch
 
 from llmos.common import LlmosError, llmos_home, read_json, write_json
 from llmos.eval.assistant import EvalArgs
+from llmos.eval.tools import ToolEvalArgs
 from llmos.perf import describe_machine, machine
 from llmos.report import markdown_table, write_report
 from llmos.train.loop import TrainConfig, read_metrics, run_dir_lock
@@ -47,8 +48,8 @@ from llmos.train.sft import SFTArgs, sft_train_config
 
 MARKER = ".llmos-speedrun"
 # Everything a speedrun writes in its directory: what --fresh may delete.
-OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "rl", "arena", "report.md",
-         "loss.png")
+OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "tools.json", "rl", "arena",
+         "report.md", "loss.png")
 
 
 @dataclass
@@ -70,10 +71,17 @@ class Preset:
     # set aside before pretraining and fine-tuning split the rest.
     tail_s: dict = field(default_factory=lambda: {"sample": 10.0, "eval": 75.0, "report": 5.0})
     rl_minutes: float = 0.0
+    # The tools stage: the SFT model (and these imported models beside it) on held-out arithmetic and
+    # facts, with and without the calculator and search; None: no such stage. Its SFT data must
+    # include the tool-use source for the model to have learned the calls.
+    tool_eval: ToolEvalArgs | None = None
+    tool_peers: tuple[str, ...] = ()
 
     @property
     def stage_names(self) -> list[str]:
-        return [name for name, _ in STAGES if name not in ("rl", "arena") or self.rl_args is not None]
+        return [name for name, _ in STAGES
+                if (name not in ("rl", "arena") or self.rl_args is not None)
+                and (name != "tools" or self.tool_eval is not None)]
 
 
 PRESETS = {
@@ -105,11 +113,16 @@ PRESETS = {
 # SFT model scores 52.2% on 500 held-out mul/word_mul problems and its 30-minute RL stage (802 steps)
 # 64.6% (docs/log.md). The stage plans its steps to its 30 minutes, so a faster CPU buys more of them;
 # it also buys a longer pretraining, hence a higher start, not yet measured on the AVX-512 and AMX kinds.
+# Its SFT adds the tool-use source (llmos/data/tooluse.py): calls to the calculator and to search over
+# the corpus's Wikipedia leads, which the tools stage then measures beside SmolLM2-135M-Instruct.
 PRESETS["cpu-full"] = replace(PRESETS["cpu"], minutes=90.0, rl_minutes=30.0,
+                              sft_args=replace(PRESETS["cpu"].sft_args,
+                                               sources="chitchat,identity,skills,wiki-qa,tool-use"),
+                              tool_eval=ToolEvalArgs(), tool_peers=("smollm2-135m-instruct",),
                               rl_args=RLArgs(task="skills:mul,word_mul", group=16, prompts_per_step=4, max_tokens=96,
                                              kl_coef=0.02),
                               rl=rl_train_config(lr=1e-4, eval_every=100, ckpt_every=100),
-                              tail_s={**PRESETS["cpu"].tail_s, "arena": 150.0})
+                              tail_s={**PRESETS["cpu"].tail_s, "tools": 420.0, "arena": 150.0})
 # The tiny preset with a context of 128: the README test's stand-in for `make demo`, whose later
 # commands (preference pairs, DPO) need room for a worked skills reply (up to ~90 tokens at vocab 512).
 PRESETS["tiny-128"] = replace(PRESETS["tiny"], train=replace(PRESETS["tiny"].train, seq_len=128),
@@ -117,6 +130,9 @@ PRESETS["tiny-128"] = replace(PRESETS["tiny"], train=replace(PRESETS["tiny"].tra
 # The tiny preset with every stage, for the tests of the later stages.
 PRESETS["tiny-full"] = replace(PRESETS["tiny"], rl_args=RLArgs(task="skills:add", group=4, prompts_per_step=2,
                                                                max_tokens=8, eval_problems=8, eval_batch=8),
+                               sft_args=replace(PRESETS["tiny"].sft_args,
+                                                sources="chitchat,identity,skills,wiki-qa,tool-use"),
+                               tool_eval=ToolEvalArgs(arithmetic=6, facts=4, max_tokens=8),
                                rl=rl_train_config(steps=4, eval_every=4, ckpt_every=2, sample_every=4))
 
 
@@ -209,6 +225,26 @@ def stage_eval(ctx: Context) -> dict:
     return {name: {k: v for k, v in r.items() if k != "items"} for name, r in results.items()}
 
 
+def stage_tools(ctx: Context) -> dict:
+    """The SFT model and the preset's peers, with and without tools (llmos/eval/tools.py)."""
+    from llmos.eval.tools import evaluate_tools
+    from llmos.load import load_model
+    results, failed = {}, {}
+    for name, ref in [("sft", ctx.run_dir / "sft"), *((peer, peer) for peer in ctx.preset.tool_peers)]:
+        try:
+            model, tok, info = load_model(ref)
+        except LlmosError as e:  # a peer that cannot be fetched here is reported, not fatal
+            if name == "sft":
+                raise
+            failed[name] = str(e)
+            continue
+        results[name] = evaluate_tools(model, tok, info, ctx.preset.tool_eval, corpus_dir=ctx.data_dir, label=name)
+    write_json(ctx.run_dir / "tools.json", {**results, "failed": failed})
+    return {"models": {name: {s: {mode: {k: r[s][mode][k] for k in ("accuracy", "low", "high", "n", "called")}
+                                     for mode in r[s]} for s in r} for name, r in results.items()},
+            "failed": failed}
+
+
 def stage_rl(ctx: Context) -> dict:
     from llmos.train.rl import rl
     out = ctx.run_dir / "rl"
@@ -260,6 +296,7 @@ def stage_report(ctx: Context) -> dict:
                        "of training)." if steady else "No training steps logged."),
         ("Samples", "\n\n".join(f"```\n{s['text']}\n```" for s in ctx.done("sample")["samples"])),
         ("Assistant (SFT)", sft_section(ctx)),
+        *([("Tools", tools_section(ctx))] if "tools" in ctx.status else []),
         *([("RL on verifiable rewards", rl_section(ctx))] if "rl" in ctx.status else []),
     ]
     write_report(ctx.run_dir / "report.md", f"llmos speedrun ({ctx.preset_name})", sections)
@@ -310,6 +347,25 @@ def sft_section(ctx: Context) -> str:
     ])
 
 
+def tools_section(ctx: Context) -> str:
+    """Accuracy with and without tools on held-out arithmetic and facts, and one reply that used them."""
+    from llmos.eval.tools import tools_table
+    results = read_json(ctx.run_dir / "tools.json", "the tools stage's results")
+    failed = results.pop("failed", {})
+    example = next((r for r in results["sft"]["facts"]["with"]["replies"] if r["right"] and r["calls"]), None)
+    return "\n\n".join([
+        "Held-out problems (`llmos eval --tasks tools`, llmos/eval/tools.py), each asked without tools and "
+        "with the calculator and search over the corpus's Wikipedia leads; greedy replies, 95% Wilson "
+        "intervals, and the share of replies that called the needed tool. Arithmetic: products of two 4-6 "
+        "digit numbers and sums of 3-5 of them; facts: cloze questions on the validation articles, which no "
+        "stage trained on.",
+        markdown_table(*tools_table(results)),
+        *([f"Not measured: {', '.join(f'{k} ({v})' for k, v in failed.items())}."] if failed else []),
+        *([f"```\nuser: {example['question']}\ncall: {json.dumps(example['calls'][0])}\n"
+           f"assistant: {example['reply']}\n```"] if example else []),
+    ])
+
+
 def rl_section(ctx: Context) -> str:
     """Held-out accuracy of the SFT model and of its RL continuation on the checked task, with intervals."""
     done = ctx.done("rl")
@@ -341,6 +397,7 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("sample", stage_sample),
     ("sft", stage_sft),
     ("eval", stage_eval),
+    ("tools", stage_tools),
     ("rl", stage_rl),
     ("arena", stage_arena),
     ("report", stage_report),

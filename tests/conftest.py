@@ -3,7 +3,9 @@ wherever Python does) prepared through `--from`, and a tokenizer trained on it."
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import shutil
 import sys
 import sysconfig
 from pathlib import Path
@@ -29,6 +31,37 @@ def corpus_dir(tmp_path_factory) -> Path:
         (src / (path.stem + ".txt")).write_text(path.read_text(encoding="utf-8", errors="replace"))
     out = tmp_path_factory.mktemp("corpus")
     prepare(out, from_patterns=[str(src / "*.txt")], val_fraction=0.05, seed=0)
+    return out
+
+
+WIKI_PLACES = ["Kent", "Ohio", "Bavaria", "Quebec", "Tuscany", "Galicia", "Oregon", "Wales"]
+WIKI_NAMES = [a + b for a in ("Bran", "Cor", "Dun", "Fel", "Gar", "Hol", "Kel") for b in ("mere", "wick", "stow", "ford",
+                                                                                      "holm", "by", "thorpe", "ley")]
+
+
+def wiki_article(i: int) -> tuple[str, str]:
+    """A made-up Wikipedia lead with a year, a number and a place in it (the tools' cloze questions)."""
+    place, name = WIKI_PLACES[i % len(WIKI_PLACES)], WIKI_NAMES[i]
+    return name, (f"{name} is a village in {place}. {name} was founded in {1700 + 7 * i} by weavers. "
+                  f"The village of {name} had a population of {1200 + 37 * i} people at the last census.")
+
+
+@pytest.fixture(scope="session")
+def wiki_corpus_dir(corpus_dir, tmp_path_factory) -> Path:
+    """The test corpus plus made-up Wikipedia leads (source "wiki") in both splits, for the tool-use
+    data, the search store built from a corpus and the tools evaluation."""
+    out = tmp_path_factory.mktemp("wiki_corpus")
+    for item in corpus_dir.iterdir():
+        if item.is_file():
+            shutil.copy(item, out / item.name)
+    for split, numbers in (("train", range(0, 40)), ("val", range(40, 50))):
+        with open(out / f"{split}.jsonl", "a", encoding="utf-8") as f:
+            for i in numbers:
+                title, lead = wiki_article(i)
+                f.write(json.dumps({"text": f"{title}\n\n{lead}", "source": "wiki"}) + "\n")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("fingerprint", None)  # its files changed: hash them afresh
+    (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
 

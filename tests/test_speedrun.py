@@ -66,13 +66,19 @@ def test_fresh_refuses_a_directory_that_is_not_a_speedrun(corpus_dir, tmp_path, 
     assert "is a file, not a directory" in capsys.readouterr().err
 
 
-def test_the_full_preset_continues_sft_with_rl_and_reports_before_and_after(corpus_dir, tmp_path):
+def test_the_full_preset_continues_sft_with_rl_and_reports_before_and_after(wiki_corpus_dir, tmp_path):
     run = tmp_path / "run"
-    done = subprocess.run(llmos_cmd("speedrun", "--preset", "tiny-full", "--data", str(corpus_dir), "--out", str(run)),
-                          env=subprocess_env(), capture_output=True, text=True)
+    done = subprocess.run(llmos_cmd("speedrun", "--preset", "tiny-full", "--data", str(wiki_corpus_dir),
+                                    "--out", str(run)), env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     stages = json.loads((run / "stages.json").read_text())
-    assert list(stages)[-4:] == ["eval", "rl", "arena", "report"] and stages["rl"]["steps"] == 4
+    assert list(stages)[-5:] == ["eval", "tools", "rl", "arena", "report"] and stages["rl"]["steps"] == 4
+    mixture = json.loads((run / "sft" / "data" / "manifest.json").read_text())
+    assert mixture["sources"]["tool-use"]["train"] > 0 and not mixture.get("failed")
+    tools = stages["tools"]["models"]["sft"]
+    assert tools["arithmetic"]["with"]["n"] == 6 and tools["facts"]["without"]["n"] == 4
+    tools_report = (run / "report.md").read_text().split("## Tools", 1)[1].split("\n## ", 1)[0]
+    assert "| arithmetic, with tools |" in tools_report and "| facts, without tools |" in tools_report
     rl = json.loads((run / "rl" / "rl.json").read_text())
     assert rl["task"] == "skills:add" and rl["eval_problems"] == 8 and (run / "rl" / "model.llmos").is_file()
     report = (run / "report.md").read_text()

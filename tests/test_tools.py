@@ -196,3 +196,35 @@ def test_an_index_is_never_half_written(tmp_path):
     assert not any(p.name.endswith(".sqlite") for p in tmp_path.iterdir())
     assert os.listdir(tmp_path) == ["empty"]
     assert not Path(tmp_path / ".i.sqlite.tmp").exists()
+
+
+def test_cloze_facts_blank_a_span_and_the_taught_search_finds_it(wiki_corpus_dir):
+    from llmos.data.tooluse import check, corpus_toolbox, facts, teach, wiki_articles
+    train, held_out = wiki_articles("train", wiki_corpus_dir), wiki_articles("eval", wiki_corpus_dir)
+    assert len(train) == 40 and len(held_out) == 10 and not {t for t, _ in train} & {t for t, _ in held_out}
+    problems = facts(held_out, seed=0, per_article=100)
+    assert {p.kind for p in problems} == {"year", "number", "place"}
+    for p in problems:
+        title = p.question.split('"')[1]
+        lead = dict(held_out)[title]
+        assert p.answer in lead and "___" in p.question and p.answer not in p.question.split('": ', 1)[1]
+    box = corpus_toolbox(wiki_corpus_dir)
+    taught = [teach(p, box, ["calculator", "search"]) for p in problems]
+    assert sum(t is not None for t in taught) >= 0.8 * len(problems)  # the store returns the span
+    for p, messages in zip(problems, taught):
+        if messages is not None:
+            assert p.answer in messages[3]["content"] and messages[4]["content"] == f"Answer: {p.answer}"
+            assert check(messages[4]["content"], p) and not check("Answer: 17", p)
+
+
+def test_arithmetic_splits_never_share_operands_and_answers_are_exact():
+    from llmos.data.tooluse import arithmetic, check
+    train, held_out = arithmetic("train", 0, 300), arithmetic("eval", 0, 100)
+    assert not {p.call["arguments"]["expression"] for p in train} & {p.call["arguments"]["expression"] for p in held_out}
+    for p in held_out:
+        assert evaluate(p.call["arguments"]["expression"]) == p.answer
+        operands = p.call["arguments"]["expression"].replace("+", "*").split("*")
+        assert all(4 <= len(x.strip()) <= 6 for x in operands) and len(operands) in (2, 3, 4, 5)
+    p = held_out[0]
+    assert check(f"Answer: {int(p.answer):,}", p) and check(f"It is {p.answer}.", p)
+    assert not check(f"Answer: {int(p.answer) + 1}", p) and not check("I cannot say.", p)

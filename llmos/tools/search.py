@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import sqlite3
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -83,8 +84,9 @@ class SearchStore:
     def build(cls, path: str | os.PathLike, docs: Iterable[tuple[str, str, str, str]]) -> "SearchStore":
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # one per builder
+        os.close(fd)
+        tmp = Path(name)
         db = sqlite3.connect(tmp)
         try:
             db.execute("CREATE VIRTUAL TABLE docs USING fts5(id UNINDEXED, title, text, source UNINDEXED, "
@@ -94,18 +96,22 @@ class SearchStore:
             count = db.execute("SELECT count(*) FROM docs").fetchone()[0]
             db.execute("INSERT INTO docs(docs) VALUES ('optimize')")
             db.commit()
-        finally:
+        except BaseException:
             db.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        db.close()
         if count == 0:
             tmp.unlink()
-            raise LlmosError("no documents to index: the folder holds no .txt, .md, .rst or .html files")
+            raise LlmosError("no documents to index: a folder needs .txt, .md, .rst or .html files, a corpus "
+                             "its wiki source")
         os.replace(tmp, path)
         return cls(path)
 
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM docs").fetchone()[0]
 
-    def search(self, query: str, k: int = 5) -> list[Hit]:
+    def search(self, query: str, k: int = 3) -> list[Hit]:
         words = re.findall(r"\w+", query.lower())
         if not words:
             raise ToolError("the query has no words: say what to look for")
@@ -220,7 +226,7 @@ def tools(config: ToolConfig) -> list[Tool]:
         return store[0]
 
     def search(args: dict) -> str:
-        hits = get_store().search(args["query"], args.get("k", 5))
+        hits = get_store().search(args["query"], args.get("k", 3))
         if not hits:
             return "no results"
         return "\n".join(f"[{h.id}] {h.title}: {h.snippet}" for h in hits)
