@@ -18,16 +18,19 @@ so stdout holds only the replies (and, interactively, the prompt).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError
-from llmos.infer.engine import generate, stream_text
+from llmos.infer.engine import Engine, generate, stream_text
 from llmos.infer.sampling import SamplingParams
+from llmos.infer.tooluse import ToolUse, final_answer
 from llmos.load import load_model
 from llmos.model import Transformer
 
@@ -76,9 +79,11 @@ class Conversation:
     """The system prompt, the exchanges so far, and the model that continues them."""
 
     def __init__(self, model: Transformer, fmt: ChatFormat, system: str, sampling: SamplingParams,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, tools: ToolUse | None = None):
         self.model, self.fmt, self.sampling, self.max_tokens = model, fmt, sampling, max_tokens  # None: what the context leaves
         self.system = system
+        self.tools = tools  # runs the reply's tool calls (llmos/infer/tooluse.py); None: no tools
+        self.charts = 0
         self.history: list[dict] = []  # user and assistant messages, alternating, oldest first
 
     def clear(self, system: str | None = None) -> None:
@@ -90,7 +95,9 @@ class Conversation:
         """The prompt ids for a new user message, dropping the oldest exchanges until the prompt leaves
         room for a reply in the model's context."""
         context, budget = self.model.cfg.max_seq_len, reply_room(self.max_tokens, self.model.cfg.max_seq_len)
-        system = [{"role": "system", "content": self.system}] if self.system else []
+        offer = self.tools.system_prompt() if self.tools is not None else ""
+        system_text = "\n\n".join(part for part in (self.system, offer) if part)
+        system = [{"role": "system", "content": system_text}] if system_text else []
         user = {"role": "user", "content": user_text}
         dropped = 0
         while True:
@@ -118,6 +125,10 @@ class Conversation:
         params = dataclasses.replace(self.sampling, max_tokens=max_tokens, stop_ids=list(self.fmt.stop_ids))
         pieces: list[str] = []
         try:
+            if self.tools is not None:
+                pieces.append(self._reply_with_tools(prompt, params))
+                write(pieces[-1])
+                return
             tokens = generate(self.model, prompt, params)
             for piece in stream_text(self.fmt.tok, tokens):
                 pieces.append(piece)
@@ -125,6 +136,35 @@ class Conversation:
         finally:
             self.history += [{"role": "user", "content": user_text},
                              {"role": "assistant", "content": "".join(pieces)}]
+
+
+    def _reply_with_tools(self, prompt: list[int], params: SamplingParams) -> str:
+        """The answer after the reply's tool calls, each shown as it runs (charts saved as PNG files)."""
+        engine = Engine(self.model, self.fmt.tok, max_batch=1)
+        seq, = engine.add(prompt, params, tools=self.tools)
+        shown = 0
+        try:
+            while not seq.finished:
+                engine.step()
+                for record in seq.tool_calls[shown:]:
+                    notice(f"[{record.name} {json.dumps(record.arguments)[:200]} -> {record.result[:300]}]")
+                    for png in record.images:
+                        path = next_free(Path(f"chart_{self.charts + 1}.png"))
+                        path.write_bytes(png)
+                        self.charts += 1
+                        notice(f"[chart saved to {path}]")
+                shown = len(seq.tool_calls)
+        except KeyboardInterrupt:
+            seq.cancel()
+        return final_answer(seq.text)
+
+
+def next_free(path: Path) -> Path:
+    """`path`, or path with a number added when a file of that name exists."""
+    n = 1
+    while path.exists():
+        path, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
+    return path
 
 
 def write_stdout(piece: str) -> None:
@@ -200,7 +240,7 @@ def interactive(chat: Conversation) -> None:
 
 
 def run_chat(model_ref: str, system: str, sampling: SamplingParams, max_tokens: int | None = None,
-             prompt: str | None = None) -> None:
+             prompt: str | None = None, toolbox=None) -> None:
     """`llmos chat`: with `prompt` (or "-" for stdin) print one reply and return; else talk until /exit."""
     if prompt == "-":
         prompt = sys.stdin.read().strip()
@@ -210,7 +250,8 @@ def run_chat(model_ref: str, system: str, sampling: SamplingParams, max_tokens: 
     model, tok, info = load_model(model_ref)
     fmt = ChatFormat(tok, info["chat_template"])  # first: a model that cannot chat is the bigger problem
     check_max_tokens(max_tokens, model.cfg.max_seq_len)
-    chat = Conversation(model, fmt, system, sampling, max_tokens)
+    tools = ToolUse(toolbox, fmt) if toolbox is not None else None
+    chat = Conversation(model, fmt, system, sampling, max_tokens, tools)
     if prompt is not None:
         chat.reply(prompt, write_stdout)
         print()

@@ -6,11 +6,13 @@
 `tiny_chat_model(path, tokenizer_path)` writes a small random-weight model with llmos's native chat
 layout: enough for every API behaviour (its replies are gibberish, but real tokens from a real
 decode; never special tokens, so they are never empty, and they run to max_tokens), and it loads
-in a fraction of a second.
+in a fraction of a second. `memorizing_model(tok, conversations)` trains one that repeats its tool-use
+conversations: it makes their calls, so the tool loop runs for real.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -45,6 +47,43 @@ def tiny_chat_model(path: Path, tokenizer_path: Path, max_seq_len: int = 256, se
         model.lm_head.weight.mul_(20)
         model.lm_head.weight[sorted(tok.hf.get_added_tokens_decoder())] = 0
     return save_params(path, model, tok, provenance={"name": path.stem})
+
+
+def memorizing_model(tok: Tokenizer, conversations: list[list[dict]], steps: int = 300,
+                     max_seq_len: int = 256) -> Transformer:
+    """A tiny model that learned these conversations by heart (their assistant tokens: the calls and
+    the answers, never the tool results), so that it makes its calls and answers as they do."""
+    from llmos.chat import ChatFormat
+    fmt = ChatFormat(tok)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                    max_seq_len=max_seq_len))
+    rendered = [fmt.render(c) for c in conversations]
+    width = max(len(ids) for ids, _ in rendered)
+    x = torch.tensor([ids[:-1] + [0] * (width - len(ids)) for ids, _ in rendered])
+    y = torch.tensor([[t if m else -1 for t, m in zip(ids[1:], mask[1:])] + [-1] * (width - len(ids))
+                      for ids, mask in rendered])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model(x, targets=y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.01, f"the tiny model did not learn its conversations (loss {loss.item():.3f})"
+    return model.eval()
+
+
+def tool_call(name: str, arguments: dict) -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def tool_conversation(tools: list[str], question: str, call: dict, result: str, answer: str) -> list[dict]:
+    """The conversation llmos's tool-use data teaches: the tools line, a question, a call, its result
+    (never learned), the answer."""
+    from llmos.infer.tooluse import tools_line
+    return [{"role": "system", "content": tools_line(tools)}, {"role": "user", "content": question},
+            {"role": "assistant", "content": None, "tool_calls": [tool_call(call["name"], call["arguments"])]},
+            {"role": "tool", "content": result}, {"role": "assistant", "content": answer}]
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ SKIPPED = {
     "llmos scaling": "the sweep takes 45 minutes (test_scaling runs a small one through the same code)",
     "llmos serve": "a server that runs until stopped (test_serve and test_web_chat start it on a free port)",
     "llmos label --model": "a server that runs until stopped (test_label and test_label_browser start it)",
+    "llmos mcp": "a server on stdin/stdout (test_serve_tools drives it with an MCP client)",
 }
 
 

@@ -7,15 +7,14 @@ import json
 import threading
 
 import pytest
-import torch
 
 from llmos.chat import ChatFormat
 from llmos.infer.engine import Engine, generate
 from llmos.infer.sampling import SamplingParams
 from llmos.infer.tooluse import ToolUse, final_answer, transcript
-from llmos.model import ModelConfig, Transformer
 from llmos.tools.calculator import evaluate
 from llmos.tools.registry import Tool, Toolbox
+from serving import memorizing_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,22 +35,8 @@ def fmt(tok):
 
 
 @pytest.fixture(scope="module")
-def model(tok, fmt):
-    """A tiny model that learned the conversation above by heart (its assistant tokens only)."""
-    torch.manual_seed(0)
-    net = Transformer(ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                                  max_seq_len=256))
-    ids, mask = fmt.render(CONVERSATION)
-    x = torch.tensor([ids[:-1]])
-    y = torch.tensor([[t if m else -1 for t, m in zip(ids[1:], mask[1:])]])
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    for _ in range(300):
-        loss = net(x, targets=y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.01
-    return net.eval()
+def model(tok):
+    return memorizing_model(tok, [CONVERSATION])
 
 
 def gated_calculator(gate: threading.Event) -> Tool:

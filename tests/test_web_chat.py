@@ -4,6 +4,7 @@ through Debian's chromedriver (never a downloaded one).
 - A conversation against a live server on a tiny model: the reply streams in, a second turn carries the
   history, New chat empties it. The test saves a screenshot (under pytest's tmp dir, or in
   $LLMOS_SCREENSHOT_DIR when set: `LLMOS_SCREENSHOT_DIR=docs/screenshots` refreshes the docs' one).
+- A chart the python tool drew, shown in the reply (`llmos serve --tools python`; screenshot web-chat-chart.png).
 - The page's markdown renderer on hostile model output: no script runs, no raw HTML, no event
   handlers, no javascript: links, and no image request to an origin off the allow-list.
 """
@@ -264,3 +265,47 @@ def test_markdown_rendering_is_safe_in_the_browser(browser_factory):
     assert not [name for name in seen["requested"] if "evil.example" in name]
     assert any("control.example" in name for name in seen["requested"]), \
         "performance entries do not list failed image requests, so they cannot show evil.example's absence"
+
+
+CHART_QUESTION = "Plot the squares."
+CHART_CODE = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9, 16])"
+
+
+def test_the_chat_page_shows_a_chart_the_python_tool_drew(browser_factory, tmp_path, tokenizer_path):
+    """`llmos serve --tools python` on a tiny model that learned to answer with a plot: the sandbox
+    runs its code, the reply carries the PNG and the page shows it (screenshot: web-chat-chart.png)."""
+    from llmos.params import save_params
+    from llmos.tokenizer import Tokenizer
+    from serving import memorizing_model, tool_conversation
+    tok = Tokenizer.load(tokenizer_path)
+    conversation = tool_conversation(["python"], CHART_QUESTION, {"name": "python", "arguments": {"code": CHART_CODE}},
+                                     "exit 0\n[1 chart]", "Here is the chart.")
+    model_path = save_params(tmp_path / "plotter.llmos", memorizing_model(tok, [conversation]), tok,
+                             provenance={"name": "plotter"})
+    driver = browser_factory()
+    with running_server("--model", f"plotter={model_path}", "--tools", "python",
+                        log=tmp_path / "serve.log") as base_url:
+        driver.get(base_url + "/")
+        wait_until(driver, lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#model option')].map(o => o.value)") == ["plotter"],
+            "the model picker was not filled from /v1/models")
+        for field, value in (("temperature", "0"), ("max-tokens", "160")):  # the call's code takes ~70 tokens
+            driver.find_element("id", field).clear()
+            driver.find_element("id", field).send_keys(value)
+        driver.find_element("id", "input").send_keys(CHART_QUESTION)
+        driver.find_element("id", "send").click()
+        wait_until(driver, lambda d: finished_replies(d) == 1, "no finished reply")
+        tools = driver.execute_script("return document.querySelector('#messages .message.assistant .tools').textContent")
+        size = wait_until(driver, lambda d: d.execute_script("""
+            const img = document.querySelector('#messages .message.assistant .tool-chart');
+            return img && img.complete && img.naturalWidth ? [img.naturalWidth, img.naturalHeight, img.src.slice(0, 5)]
+                                                           : null;"""), f"no chart shown; the tools box: {tools!r}")
+        assert size[0] > 100 and size[1] > 100 and size[2] == "blob:", size
+        summary = driver.find_element("css selector", ".tool-call summary").text
+        assert summary.startswith("python ") and "plt.plot" in summary
+        reply = driver.find_element("css selector", "#messages .message.assistant .content").text
+        assert reply == "Here is the chart."
+        driver.execute_script("document.querySelector('#messages .message.assistant').scrollIntoView({block: 'end'})")
+        screenshot_dir = Path(os.environ.get("LLMOS_SCREENSHOT_DIR") or tmp_path)
+        screenshot_dir.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(screenshot_dir / "web-chat-chart.png"))

@@ -4,7 +4,7 @@
     llmos tokenizer train | encode | stats              byte-level BPE
     llmos pretrain [--depth 4 --steps 2000 ...]         train a base model (torchrun for DDP)
     llmos generate --model RUN --prompt "..."           sample from a model, streaming
-    llmos chat --model RUN|NAME [-p "..."]              talk with a model in the terminal
+    llmos chat --model RUN|NAME [-p "..."] [--tools T]  talk with a model in the terminal (tools: calculator, ...)
     llmos serve --model RUN|NAME [--port 8000]          OpenAI-compatible server and web chat page
     llmos speedrun --preset cpu                         data -> tokenizer -> pretrain -> sample -> report
     llmos eval --model M --data MIX | --loss FILE       score an assistant; perplexity on a text file
@@ -19,6 +19,7 @@
     llmos arena --models A B C --task T --judge J       pairwise comparisons -> Bradley-Terry ratings
     llmos tools [call NAME ARGS]                        the tools (calculator, python, search, files); run one
     llmos index [FOLDER]                                the search tool's store (default: the Wikipedia leads)
+    llmos mcp [--tools NAMES]                           the tools as an MCP server (stdio)
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -262,8 +263,14 @@ def cmd_serve(args):
 def cmd_chat(args):
     from llmos.infer.sampling import SamplingParams
     from llmos.terminal_chat import run_chat
+    toolbox = None
+    if args.tools:
+        from llmos.cli.tools import ask, tool_config
+        from llmos.tools.registry import Toolbox
+        toolbox = Toolbox.build(args.tools, tool_config(args), confirm=ask)
     run_chat(args.model, args.system, SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                                     seed=args.seed), args.max_tokens, prompt=args.prompt)
+                                                     seed=args.seed), args.max_tokens, prompt=args.prompt,
+             toolbox=toolbox)
 
 
 def cmd_export(args):
@@ -458,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, "tokens per reply at most (default: what the model's context leaves; the oldest "
                          "exchanges drop to keep a quarter of it, at most 512, for the reply)",
                       temperature=0.7, top_k=50)
+    p.add_argument("--tools", default="", metavar="NAMES",
+                   help="tools the model may call, comma-separated (calculator, python, search, open, read_file, "
+                        "list_files, write_file, or 'all'); side effects ask you first")
+    from llmos.cli.tools import tool_config_args
+    tool_config_args(p)
     p.set_defaults(func=cmd_chat)
 
     p = verbs.add_parser("export", help="write a model for llama.cpp (gguf), Hugging Face (hf) or as params file + run.py",

@@ -1,9 +1,10 @@
-"""Verbs of the tools: `llmos tools` and `llmos index`.
+"""Verbs of the tools: `llmos tools`, `llmos index` and `llmos mcp`.
 
     llmos tools                                   the tools, their argument schemas, the python sandbox's layers
     llmos tools call calculator '{"expression": "2**64"}'     run one tool as a model would
     llmos index                                   the search store over the Wikipedia leads (default)
     llmos index ~/notes [--out FILE]              ... or over a folder of .txt/.md/.rst/.html files
+    llmos mcp [--tools calculator,search]         the tools as an MCP server on stdin/stdout
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def cmd_tools(args):
         arguments = json.loads(args.arguments or "{}")
     except ValueError as e:
         raise LlmosError(f"the arguments are not JSON ({e}): give an object such as '{{\"expression\": \"1+1\"}}'")
-    box = Toolbox.build(args.name, tool_config(args), confirm=_ask)
+    box = Toolbox.build(args.name, tool_config(args), confirm=ask)
     result = box.call(args.name, arguments)
     print(result.text)
     for i, png in enumerate(result.images, 1):
@@ -59,7 +60,7 @@ def cmd_tools(args):
         raise SystemExit(1)
 
 
-def _ask(tool, arguments, effect: str) -> bool:
+def ask(tool, arguments, effect: str) -> bool:
     """The terminal's confirmation of a call with side effects."""
     try:
         answer = input(f"{tool.name} {json.dumps(arguments)[:200]} {effect}. Allow? [y/N] ")
@@ -77,6 +78,12 @@ def cmd_index(args):
     print(f"indexed {len(store):,} documents into {out}")
 
 
+def cmd_mcp(args):
+    from llmos.tools.mcp import serve
+    from llmos.tools.registry import Toolbox
+    serve(Toolbox.build(args.tools, tool_config(args)))
+
+
 def add_parsers(verbs, fmt) -> None:
     p = verbs.add_parser("tools", help="list the tools (and the sandbox's layers) or call one", formatter_class=fmt)
     p.add_argument("action", nargs="?", choices=("list", "call"), default="list")
@@ -88,3 +95,8 @@ def add_parsers(verbs, fmt) -> None:
     p.add_argument("folder", nargs="?", default="", help="index this folder's text files (default: the Wikipedia leads)")
     p.add_argument("--out", default="", help="the store (default: LLMOS_HOME/search/index.sqlite)")
     p.set_defaults(func=cmd_index)
+    p = verbs.add_parser("mcp", help="offer llmos's tools as an MCP server on stdin/stdout", formatter_class=fmt)
+    p.add_argument("--tools", default="calculator,python,search,open,read_file,list_files",
+                   help="the tools offered, comma-separated ('all' adds write_file)")
+    tool_config_args(p)
+    p.set_defaults(func=cmd_mcp)

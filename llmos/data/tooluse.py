@@ -11,7 +11,7 @@ another number, or a capitalized place after "in") and names the article; the sp
 `facts` is given the corpus's train articles for SFT and its validation articles (never trained on, not
 even in pretraining) for the evaluation.
 
-A teaching conversation opens with the compact tools line (`TOOLS_LINE`), asks, calls the tool with
+A teaching conversation opens with the compact tools line (llmos/infer/tooluse.py `tools_line`), asks, calls the tool with
 what the question holds (the expression; the title and the words before the blank as the query), gets the tool's
 real result and ends with "Answer: X". A fact whose search does not return the span is not taught.
 Questions without the tools line are answered directly (the other SFT sources), so the model learns to
@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 
 from llmos.data.conversations import ANSWER, extract_answer, held_out
+from llmos.infer.tooluse import tools_line
 
-TOOLS_LINE = "Tools: {}."  # the system message that offers tools to a model trained by llmos
 ASK_MUL = ("What is {}?", "Compute {}.", "Calculate {}.", "How much is {}?")
 ASK_FACT = 'Fill in the blank from the Wikipedia article "{}": {}'
 BLANK = "___"
@@ -47,10 +47,6 @@ class ToolProblem:
     @property
     def tool(self) -> str:
         return self.call["name"]
-
-
-def tools_line(names: list[str]) -> str:
-    return TOOLS_LINE.format(", ".join(names))
 
 
 def _operands(rng: random.Random, kind: str) -> list[int]:

@@ -24,11 +24,9 @@ from tqdm import tqdm
 
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError
-from llmos.data.tooluse import (TAUGHT_TOOLS, ToolProblem, arithmetic, check, corpus_toolbox, facts, tools_line,
-                                wiki_articles)
+from llmos.data.tooluse import ToolProblem, arithmetic, check, corpus_toolbox, facts, wiki_articles
 from llmos.infer.engine import Engine
 from llmos.infer.sampling import SamplingParams
-from llmos.infer.toolcalls import tools_prompt
 from llmos.infer.tooluse import ToolUse, final_answer
 from llmos.train.rl import wilson
 
@@ -51,20 +49,13 @@ def problem_sets(args: ToolEvalArgs, corpus_dir=None) -> dict[str, list[ToolProb
             "facts": held_out[:args.facts] if args.facts else held_out}
 
 
-def _messages(problem: ToolProblem, fmt: ChatFormat, box, with_tools: bool) -> list[dict]:
-    user = {"role": "user", "content": problem.question}
-    if not with_tools:
-        return [user]
-    system = tools_line(TAUGHT_TOOLS) if fmt.native else tools_prompt(box.schemas())
-    return [{"role": "system", "content": system}, user]
-
-
 @torch.no_grad()
 def replies(model, fmt: ChatFormat, problems: list[ToolProblem], args: ToolEvalArgs, box, with_tools: bool,
             label: str = "") -> list[tuple[str, list]]:
     """(final reply text, tool calls) per problem, greedy, decoded by the engine in batches."""
-    prompts = [fmt.render_prompt(_messages(p, fmt, box, with_tools)) for p in problems]
     use = ToolUse(box, fmt, max_calls=args.max_calls) if with_tools else None
+    system = [{"role": "system", "content": use.system_prompt()}] if use is not None else []
+    prompts = [fmt.render_prompt([*system, {"role": "user", "content": p.question}]) for p in problems]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0, stop_ids=fmt.stop_ids)
     engine = Engine(model, fmt.tok, max_batch=max(1, min(args.batch_size, len(prompts))))
     room = [len(p) < engine.max_len - 8 for p in prompts]

@@ -19,10 +19,13 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from llmos.infer.engine import Constraint, Engine, Sequence
 from llmos.infer.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from llmos.infer.tooluse import ToolUse
 
 Listener = Callable[[Sequence], None]
 
@@ -63,11 +66,14 @@ class Scheduler:
 
     def submit(self, prompt: list[int], params: SamplingParams, n: int = 1,
                constraints: list[Constraint | None] | None = None, deadline: float | None = None,
-               listener: Listener | None = None) -> list[Sequence]:
-        """Queue n samples of a prompt; LlmosError for a bad prompt, QueueFull when busy."""
+               listener: Listener | None = None, tools: "ToolUse | None" = None) -> list[Sequence]:
+        """Queue n samples of a prompt (their tool calls run by `tools`, when given); LlmosError for a
+        bad prompt, QueueFull when busy."""
         if self._stopping:
             raise ShuttingDown("the server is shutting down: it finishes what runs and takes no new requests")
         group = self.engine.make_group(prompt, params, n, constraints, deadline)
+        for seq in group if tools is not None else []:
+            tools.attach(seq)
         with self._lock:
             if self.queued >= self.max_queue:
                 self.requests_refused += 1

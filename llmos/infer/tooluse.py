@@ -23,8 +23,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from llmos.chat import TOOL_CALL, TOOL_RESULT, ChatFormat
-from llmos.infer.toolcalls import TAGGED_CALL, parse_tool_calls
+from llmos.infer.toolcalls import TAGGED_CALL, parse_tool_calls, tools_prompt
 from llmos.tools.registry import Toolbox, ToolResult
+
+
+TOOLS_LINE = "Tools: {}."  # the system message that offers tools to a model trained by llmos
+
+
+def tools_line(names: list[str]) -> str:
+    return TOOLS_LINE.format(", ".join(names))
+
+
+def offer_tools(fmt: ChatFormat, tools: list[dict]) -> str:
+    """How tools (OpenAI `tools` entries) are offered in the system message: llmos's tools line to
+    llmos models (what its tool-use data teaches), every schema to imported ones (their format:
+    `<tool_call>`, llmos/infer/toolcalls.py)."""
+    return tools_line([t["function"]["name"] for t in tools]) if fmt.native else tools_prompt(tools)
 
 
 @dataclass
@@ -43,6 +57,9 @@ class ToolUse:
         self.max_calls, self.max_result_chars = max_calls, max_result_chars
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmos-tool")
         self.call_end_id = fmt.tok.token_id(TOOL_CALL[1]) if fmt.native else None
+
+    def system_prompt(self) -> str:
+        return offer_tools(self.fmt, self.toolbox.schemas())
 
     def attach(self, seq) -> None:
         seq.tool_use = self

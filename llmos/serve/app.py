@@ -13,6 +13,11 @@ releases text; with `tools` the reply is held until it is known to be text or ca
 disconnects cancels its sequences, which leave the batch at the next engine step. A forced
 `tool_choice` and `response_format` decode under a JSON-schema constraint (llmos/infer/constrain.py).
 
+With `ServerConfig.toolbox` (`llmos serve --tools ...`), a request that brings no `tools` of its own
+gets the server's: they are offered in the system message, the engine runs each call in the reply
+(llmos/infer/tooluse.py), and the reply is held until the loop ends; its content is the final answer
+and the message carries `llmos_tool_calls` (each call, its result and its charts as base64 PNG).
+
 Every failure a client can cause is a 4xx with OpenAI's `{"error": {"message", "type", "param",
 "code"}}`: bad JSON or types (400), a prompt longer than the context (400, both lengths named), an
 unknown model (404), a missing or wrong key (401), a body over the limit (413), a full queue (429
@@ -21,6 +26,7 @@ with Retry-After). Every response carries an X-Request-Id, and every log line na
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import logging
@@ -46,8 +52,8 @@ from llmos.common import LlmosError
 from llmos.infer.constrain import Constraint, schema_error
 from llmos.infer.engine import Sequence
 from llmos.infer.scheduler import QueueFull, Scheduler, ShuttingDown
-from llmos.infer.toolcalls import (forced_call_schema, parse_tool_calls, stream_safe_length, tools_prompt,
-                                  validate_tools)
+from llmos.infer.toolcalls import forced_call_schema, parse_tool_calls, stream_safe_length, validate_tools
+from llmos.infer.tooluse import ToolUse, final_answer, offer_tools
 from llmos.serve.protocol import ChatCompletionRequest, CompletionRequest, sampling_params
 from llmos.tokenizer import Tokenizer
 
@@ -87,6 +93,8 @@ class ServerConfig:
     image_origins: list[str] = field(default_factory=list)  # where the chat page may load images from
     max_body_bytes: int = 4 << 20
     request_timeout_s: float = 600.0
+    toolbox: Any = None  # llmos/tools Toolbox: tools the server runs itself when a request brings none
+    max_tool_calls: int = 4  # per reply
 
 
 class ApiError(Exception):
@@ -291,16 +299,20 @@ class Job:
     prompt_tokens: int
     tools: list[dict] | None = None
     forced_call: bool = False
+    server_tools: bool = False  # the server runs the calls (ToolUse) and answers with the final text
     started: float = field(default_factory=time.monotonic)
 
     def streamable(self, seq: Sequence) -> str:
-        """The reply text that may be streamed now: all of it, unless it may still turn into tool calls."""
-        if self.forced_call:
+        """The reply text that may be streamed now: all of it, unless it may still turn into tool calls
+        (or, with the server's tools, until the tool loop has ended)."""
+        if self.forced_call or self.server_tools:
             return ""
         return self.served.visible(seq.text[:stream_safe_length(seq.text)] if self.tools else seq.text)
 
     def result(self, seq: Sequence) -> tuple[str | None, list[dict], str]:
         """(content, tool calls, finish_reason) of a finished sequence."""
+        if self.server_tools:
+            return self.served.visible(final_answer(seq.text)), [], finish_reason(seq)
         if self.forced_call:
             try:
                 call = json.loads(seq.text)
@@ -312,6 +324,13 @@ class Job:
             if calls:
                 return content and self.served.visible(content), openai_tool_calls(calls), "tool_calls"
         return self.served.visible(seq.text), [], finish_reason(seq)
+
+
+def tool_records(seq: Sequence) -> list[dict]:
+    """The calls the server ran for a reply, with results and charts (base64 PNG): `llmos_tool_calls`,
+    an extension of the assistant message that OpenAI clients ignore and the chat page shows."""
+    return [{"name": r.name, "arguments": r.arguments, "result": r.result, "error": r.error,
+             "images": [base64.b64encode(png).decode() for png in r.images]} for r in seq.tool_calls]
 
 
 def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConfig()) -> FastAPI:
@@ -332,6 +351,8 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         for served in models.values():  # uvicorn has let open requests finish: end the engine threads
             served.scheduler.stop(timeout=config.request_timeout_s)
 
+    tool_uses = {name: ToolUse(config.toolbox, served.fmt, max_calls=config.max_tool_calls)
+                 for name, served in models.items() if config.toolbox is not None and served.fmt is not None}
     app = FastAPI(title="llmos", version="1", lifespan=lifespan,
                   description="OpenAI-compatible chat and completions over llmos models.")
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)  # inside RequestIds (added below)
@@ -390,7 +411,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
 
     def submit(served: ServedModel, prompt: list[int], body, max_tokens: int | None, logprobs: bool,
                top_logprobs: int, stop_ids: list[int], constraint_schema: dict | None | bool,
-               loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> list[Sequence]:
+               loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, tools: ToolUse | None = None) -> list[Sequence]:
         context = served.context
         if len(prompt) >= context:
             raise ApiError(400, f"the prompt has {len(prompt)} tokens but this model's context is {context} "
@@ -410,7 +431,8 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         wake = lambda seq: loop.call_soon_threadsafe(queue.put_nowait, seq)  # noqa: E731 (from the engine thread)
         try:
             return served.scheduler.submit(prompt, params, n, constraints,
-                                           deadline=time.monotonic() + config.request_timeout_s, listener=wake)
+                                           deadline=time.monotonic() + config.request_timeout_s, listener=wake,
+                                           tools=tools)
         except QueueFull as e:
             raise ApiError(429, str(e), code="queue_full", kind="rate_limit_error",
                            headers={"Retry-After": str(e.retry_after)}) from None
@@ -511,7 +533,10 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         tools = None
         if body.tools and body.tool_choice != "none":
             tools = wrap(lambda: validate_tools(body.tools), "tools")
-            messages = with_tools_prompt(messages, tools_prompt(tools))
+            messages = with_tools_prompt(messages, offer_tools(served.fmt, tools))
+        server_tools = tool_uses.get(served.name) if not body.tools and body.tool_choice != "none" else None
+        if server_tools is not None:  # the server's own tools, run in the reply (llmos/infer/tooluse.py)
+            messages = with_tools_prompt(messages, server_tools.system_prompt())
         forced = wrap(lambda: forced_call_schema(body.tool_choice, tools), "tool_choice") if tools else None
         schema: dict | None | bool = False
         if forced is not None:
@@ -533,8 +558,8 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         max_tokens = body.max_completion_tokens or body.max_tokens
         seqs = wrap(lambda: submit(served, prompt, body, max_tokens, bool(body.logprobs),
                                    body.top_logprobs or 0 if body.logprobs else 0, served.fmt.stop_ids, schema,
-                                   loop, queue), "messages")
-        job = Job(served, seqs, queue, len(prompt), tools, forced is not None)
+                                   loop, queue, server_tools), "messages")
+        job = Job(served, seqs, queue, len(prompt), tools, forced is not None, server_tools is not None)
         rid = request.state.request_id
         base = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": served.name, "system_fingerprint": served.fingerprint}
@@ -556,6 +581,8 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
                     delta["content"] = rest
                 if calls:
                     delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(calls)]
+                if seq.tool_calls:
+                    delta["llmos_tool_calls"] = tool_records(seq)
                 lp = chat_logprobs(served.tok, seq, sent_tokens, len(seq.tokens)) if seq.params.logprobs else None
                 out = []
                 if delta or lp:
@@ -574,6 +601,8 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if calls:
                 message["tool_calls"] = calls
+            if seq.tool_calls:
+                message["llmos_tool_calls"] = tool_records(seq)
             choices.append({"index": i, "message": message, "finish_reason": reason,
                             "logprobs": chat_logprobs(served.tok, seq, 0, len(seq.tokens)) if seq.params.logprobs else None})
         return {**base, "object": "chat.completion", "choices": choices, "usage": usage(job)}

@@ -90,6 +90,34 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", metavar="REF", help="speculate with this small model (same tokenizer) instead")
     p.add_argument("--image-origin", action="append", default=[], metavar="URL",
                    help="an origin the chat page may show images from (repeat; default: only this server)")
+    p.add_argument("--tools", default="", metavar="NAMES",
+                   help="tools the server runs in replies when a request brings none, comma-separated: "
+                        "calculator, python, search, open, read_file, list_files, write_file, or 'all'")
+    p.add_argument("--max-tool-calls", type=int, default=4, help="tool calls per reply at most")
+    p.add_argument("--mcp", action="append", default=[], metavar="COMMAND",
+                   help="mount the tools of an MCP server started by this command (repeat for several)")
+    from llmos.cli.tools import tool_config_args
+    tool_config_args(p)
+
+
+def server_toolbox(args: argparse.Namespace):
+    """The tools of --tools and --mcp (None without either). The server has no one to confirm a side
+    effect: those tools run only when --allow names them. The python tool's layers are printed."""
+    if not args.tools and not args.mcp:
+        return None
+    from llmos.cli.tools import tool_config
+    from llmos.tools.registry import Toolbox
+    if args.max_tool_calls < 1:
+        raise LlmosError(f"--max-tool-calls must be at least 1, not {args.max_tool_calls}")
+    box = Toolbox.build(args.tools, tool_config(args))
+    for command in args.mcp:
+        box.mount_mcp(command)
+    print(f"llmos serve: tools {', '.join(box.tools)}; side effects allowed for: "
+          f"{', '.join(box.config.allow) or 'none (--allow NAMES)'}", file=sys.stderr)
+    if "python" in box.tools:
+        from llmos.tools.python_sandbox import describe_layers
+        print(describe_layers(), file=sys.stderr, flush=True)
+    return box
 
 
 def run_server(args: argparse.Namespace) -> None:
@@ -113,7 +141,8 @@ def run_server(args: argparse.Namespace) -> None:
                                 weights=args.weights, speculate=args.speculate, draft=args.draft_model,
                                 compile=args.compile)
     config = ServerConfig(api_key=args.api_key, image_origins=args.image_origin,
-                          max_body_bytes=int(args.max_body_mb * (1 << 20)), request_timeout_s=args.request_timeout)
+                          max_body_bytes=int(args.max_body_mb * (1 << 20)), request_timeout_s=args.request_timeout,
+                          toolbox=server_toolbox(args), max_tool_calls=args.max_tool_calls)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(f"llmos serve: http://{args.host}:{args.port}/ (chat page), /v1 (OpenAI API); Ctrl-C stops",
           file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ otherwise the model is told the call was declined.
 
 Each tool lives in its own module (calculator.py, python_sandbox.py, search.py, files.py) and
 registers a factory here: `factory(config) -> list[Tool]` (search.py offers `search` and `open`).
+`box.mount_mcp(command)` adds the tools of an MCP server (llmos/tools/mcp.py).
 """
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ class Toolbox:
         self.config = config or ToolConfig()
         self.confirm = confirm
         self.calls = 0
+        self.servers = []  # mounted MCP servers (llmos/tools/mcp.py)
 
     @classmethod
     def build(cls, names: str | list[str], config: ToolConfig | None = None, **kw) -> "Toolbox":
@@ -120,6 +122,21 @@ class Toolbox:
 
     def add(self, tool: Tool) -> None:
         self.tools[tool.name] = tool
+
+    def mount_mcp(self, command: str | list[str]) -> list[str]:
+        """Start an MCP server (a command speaking MCP on stdio) and add its tools; their names."""
+        from llmos.tools.mcp import MountedServer
+        server = MountedServer(command)
+        self.servers.append(server)
+        added = server.tools()
+        for tool in added:
+            self.add(tool)
+        return [t.name for t in added]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers = []
 
     def schemas(self) -> list[dict]:
         return [t.schema() for t in self.tools.values()]

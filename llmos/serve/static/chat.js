@@ -140,15 +140,43 @@ function addMessage(role, text) {
   const reasoning = document.createElement("div");
   reasoning.className = "reasoning";
   reasoning.hidden = true;
+  const tools = document.createElement("div");
+  tools.className = "tools";
+  tools.hidden = true;
   const content = document.createElement("div");
   content.className = "content";
   const stats = document.createElement("div");
   stats.className = "stats";
-  message.append(label, reasoning, content, stats);
+  message.append(label, reasoning, tools, content, stats);
   if (role === "user") content.textContent = text;
   ui.messages.append(message);
   message.scrollIntoView({ block: "end" });
   return message;
+}
+
+// The calls the server's tools ran for a reply (`llmos_tool_calls`): each call, its result as text,
+// and its charts. The PNGs come inside the reply and are shown through blob: URLs, never fetched.
+function showToolCalls(box, calls) {
+  box.replaceChildren(...calls.map((call) => {
+    const item = document.createElement("details");
+    item.className = call.error ? "tool-call error" : "tool-call";
+    item.open = call.images.length > 0;
+    const summary = document.createElement("summary");
+    summary.textContent = `${call.name} ${JSON.stringify(call.arguments)}`;
+    const result = document.createElement("pre");
+    result.textContent = call.result;
+    item.append(summary, result);
+    for (const png of call.images) {
+      const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+      const chart = document.createElement("img");
+      chart.className = "tool-chart";
+      chart.alt = `chart drawn by ${call.name}`;
+      chart.src = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+      item.append(chart);
+    }
+    return item;
+  }));
+  box.hidden = calls.length === 0;
 }
 
 function setBusy(busy) {
@@ -191,7 +219,7 @@ async function sendMessage() {
   const userMessage = addMessage("user", text);
 
   const message = addMessage("assistant", "");
-  const [reasoningBox, contentBox, statsBox] = ["reasoning", "content", "stats"]
+  const [reasoningBox, toolsBox, contentBox, statsBox] = ["reasoning", "tools", "content", "stats"]
     .map((name) => message.querySelector(`.${name}`));
   let reply = "";
   let reasoning = "";
@@ -224,6 +252,7 @@ async function sendMessage() {
         const delta = (chunk.choices && chunk.choices[0] && chunk.choices[0].delta) || {};
         reply += delta.content || "";
         reasoning += delta.reasoning_content || "";
+        if (delta.llmos_tool_calls) showToolCalls(toolsBox, delta.llmos_tool_calls);
         if (chunk.usage) {
           const seconds = (performance.now() - started) / 1000;
           const tokens = chunk.usage.completion_tokens;
