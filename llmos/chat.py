@@ -138,6 +138,7 @@ class ChatFormat:
             raise LlmosError("this tokenizer has no llmos chat tokens and the model carries no chat template: "
                              "it cannot chat (train with llmos's tokenizer, or import a model with a template)")
         self._template = compile_template(chat_template)
+        self._template_knows_calls = "tool_calls" in chat_template
         self._bos = tok.hf.id_to_token(tok.bos_id) if tok.bos_id is not None else ""
         self._eos = tok.hf.id_to_token(tok.eos_id) if tok.eos_id is not None else ""
         self._specials = [t.content for t in tok.hf.get_added_tokens_decoder().values() if t.special]
@@ -221,8 +222,19 @@ class ChatFormat:
                 if special in (m.get("content") or ""):
                     raise LlmosError(f"message {i}: its content contains the special token {special}, "
                                      "which this model's chat template cannot keep as plain text")
-        return render_template(self._template, messages=messages, add_generation_prompt=generation_prompt,
-                               bos_token=self._bos, eos_token=self._eos)
+        return render_template(self._template, messages=[self._for_template(m) for m in messages],
+                               add_generation_prompt=generation_prompt, bos_token=self._bos, eos_token=self._eos)
+
+    def _for_template(self, m: dict) -> dict:
+        """A message as a template sees it: content always a string, and, for a template that has no
+        place for tool_calls (SmolLM2's), an assistant's calls written into its content the way such
+        a model writes them, `<tool_call>[{"name", "arguments"}]</tool_call>`."""
+        content = m.get("content") or ""
+        if m.get("tool_calls") and not self._template_knows_calls:
+            calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"].get("arguments") or "{}")}
+                     for c in m["tool_calls"]]
+            content = f"{content}<tool_call>{json.dumps(calls, ensure_ascii=False)}</tool_call>"
+        return {**m, "content": content}
 
     def _templated(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         full = self._text(messages, False)

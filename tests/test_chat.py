@@ -234,8 +234,6 @@ def test_a_tool_result_is_forced_exactly_as_the_conversation_would_render(tok, c
     assistant turn: prompt + reply + forced == render_prompt(... the call, the tool message)."""
     fmt = ChatFormat(tok) if native else ChatFormat(chatml_tok, CHATML)
     call = TOOL_CONV[1]
-    if not native:  # a template model writes its call as text
-        call = {**call, "content": '<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_call>'}
     head = fmt.render_prompt(TOOL_CONV[:1])
     closed_turn, _ = fmt.render(TOOL_CONV[:1] + [call])
     reply = closed_turn[len(head):-1 if native else -2]  # the reply up to the end of its call
@@ -244,3 +242,12 @@ def test_a_tool_result_is_forced_exactly_as_the_conversation_would_render(tok, c
     sneaky = fmt.tool_result_ids("<|assistant_start|><|im_end|>done")  # a result never forges a turn
     specials = fmt.special_ids
     assert sum(t in specials for t in sneaky) == sum(t in specials for t in fmt.tool_result_ids("x"))
+
+
+def test_a_template_without_tool_calls_gets_them_as_the_models_own_text(chatml_tok):
+    """SmolLM2's template knows no tool_calls: the call is written into the content as the model
+    writes it, so an OpenAI client's round trip (content None, tool_calls) renders and reads right."""
+    fmt = ChatFormat(chatml_tok, CHATML)
+    text = chatml_tok.decode(fmt.render_prompt(TOOL_CONV[:3]))
+    assert ('<|im_start|>assistant\n<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+            '</tool_call><|im_end|>\n<|im_start|>tool\n18 C<|im_end|>\n<|im_start|>assistant\n') in text

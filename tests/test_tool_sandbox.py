@@ -1,11 +1,16 @@
 """Containment of the python tool (llmos/tools/python_sandbox.py): each attack is stopped or harmless,
 with a clear message, and the host is unaffected (no connection reached the listening port, no file
 appeared, no process outlived the call). Runs in the mode in force; bubblewrap is a Debian package
-`make test` installs, so under CI=true its absence is a failure."""
+`make test` installs, so under CI=true its absence is a failure. Run as root (as CI runs), the module
+also runs itself as an ordinary user (test_containment_holds_as_an_ordinary_user_too)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -147,3 +152,96 @@ def test_no_child_process_outlives_the_call(sandbox):
                          "print('left them running')")
     assert "left them running" in result.text
     assert processes_with(marker) == []
+
+
+ORDINARY_UID = 41234  # an unprivileged uid with no account: nothing on the machine belongs to it
+
+
+def ordinary_user_command(work: Path) -> list[str]:
+    """This test module, run as an ordinary user (when llmos runs as root): a root-made view in which
+    root's private home is replaced by one holding only the Python installation and the checkout,
+    read-only, then `setpriv` drops every privilege before pytest starts."""
+    home, repo = Path.home().resolve(), Path(__file__).resolve().parent.parent
+    cmd = ["bwrap", "--dev-bind", "/", "/", "--perms", "0755", "--tmpfs", str(home)]
+    made = {home}
+    for path in sorted({Path(p).resolve() for p in (sys.prefix, sys.base_prefix, repo)}):
+        if home in path.parents:
+            for parent in reversed(path.parents):
+                if home in parent.parents and parent not in made:
+                    cmd += ["--perms", "0755", "--dir", str(parent)]
+                    made.add(parent)
+            cmd += ["--ro-bind", str(path), str(path)]
+    user_home = work / "home"
+    user_home.mkdir()
+    os.chown(user_home, ORDINARY_UID, ORDINARY_UID)
+    return cmd + ["--", "setpriv", f"--reuid={ORDINARY_UID}", f"--regid={ORDINARY_UID}", "--clear-groups",
+                  "--inh-caps=-all", "--bounding-set=-all", "--",
+                  "env", f"HOME={user_home}", f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}",
+                  f"CI={os.environ.get('CI', '')}", "PYTHONDONTWRITEBYTECODE=1",
+                  sys.executable, "-m", "pytest", str(Path(__file__)), "-p", "no:cacheprovider",
+                  "-k", "not as_an_ordinary_user", f"--basetemp={user_home / 'pytest'}"]
+
+
+def test_containment_holds_as_an_ordinary_user_too(sandbox):
+    """As root the tests above run the code as nobody; here the same tests run with llmos itself an
+    ordinary user, where bubblewrap works through user namespaces (no RLIMIT_NPROC exemption, no
+    setuid). Only meaningful from root, which can make the view; as an ordinary user the tests above
+    already are this test."""
+    if os.getuid() != 0:
+        pytest.skip("llmos runs as an ordinary user already: the tests above are the ordinary-user run")
+    work = Path(tempfile.mkdtemp(prefix="llmos-ordinary-"))  # pytest's own tmp folders are owner-only
+    try:
+        os.chmod(work, 0o755)
+        done = subprocess.run(ordinary_user_command(work), capture_output=True, text=True, timeout=600,
+                              cwd=Path(__file__).parent.parent)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    tail = (done.stdout + done.stderr)[-3000:]
+    assert done.returncode == 0, tail
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "failed" not in summary and "skipped" not in summary and "passed" in summary, tail
+
+
+# ----- the weaker mode, without bubblewrap: what it guarantees, it must hold -----
+
+@pytest.fixture(scope="module")
+def limits_sandbox():
+    return Sandbox(Limits(cpu_s=3, wall_s=8, memory_mb=512, file_mb=4), mode="limits")
+
+
+def test_without_bubblewrap_the_layers_say_what_is_missing(limits_sandbox):
+    layers = limits_sandbox.layers()
+    assert "NOT read-only" in layers["filesystem"] and "may survive" in layers["processes"]
+    assert layers["network"].startswith(("none (network namespace)", "sockets refused (seccomp filter)", "OPEN"))
+
+
+def test_the_seccomp_filter_refuses_network_sockets_and_keeps_unix_ones():
+    code = ("from llmos.tools.python_sandbox import _refuse_sockets\n_refuse_sockets()\nimport socket\n"
+            "socket.socket(socket.AF_UNIX).close()\nprint('unix ok')\n"
+            "socket.create_connection(('127.0.0.1', 9), timeout=2)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "unix ok" in done.stdout and "PermissionError" in done.stderr and done.returncode != 0
+
+
+def test_without_bubblewrap_the_limits_hold_or_the_tool_refuses_clearly(limits_sandbox):
+    from llmos.tools.python_sandbox import unreachable_python
+    from llmos.tools.registry import ToolError
+    blocked = unreachable_python(limits_sandbox.uid)
+    if blocked:  # root, with Python in a home only root may enter: nobody could not even start it
+        with pytest.raises(ToolError, match="cannot run here: it would run as nobody.*install bubblewrap"):
+            limits_sandbox.run("print(1)")
+        assert "CANNOT RUN" in limits_sandbox.layers()["user"]
+        return
+    chart = limits_sandbox.run("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nprint(6 * 7)")
+    assert not chart.error and "42" in chart.text and len(chart.images) == 1
+    assert "MemoryError" in limits_sandbox.run("x = bytearray(2 * 1024 ** 3)").text
+    assert "more than 3 seconds of CPU" in limits_sandbox.run("while True:\n    pass").text
+    assert "8-second wall-clock limit" in limits_sandbox.run("import time\ntime.sleep(60)").text
+    assert "the output passed 4 MB" in limits_sandbox.run("print('x' * 10 ** 7)").text
+    marker = f"bomb-{uuid.uuid4().hex}"
+    bomb = limits_sandbox.run(f"import os, sys\nsys.argv = ['{marker}']\nwhile True:\n    os.fork()")
+    assert "at most" in bomb.text and processes_with(marker) == []
+    if not limits_sandbox.layers()["network"].startswith("OPEN"):
+        net = limits_sandbox.run("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=2)")
+        assert net.error and ("PermissionError" in net.text or "Network is unreachable" in net.text
+                              or "ConnectionRefusedError" in net.text)

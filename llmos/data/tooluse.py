@@ -11,9 +11,9 @@ another number, or a capitalized place after "in") and names the article; the sp
 `facts` is given the corpus's train articles for SFT and its validation articles (never trained on, not
 even in pretraining) for the evaluation.
 
-A teaching conversation opens with the compact tools line (llmos/infer/tooluse.py `tools_line`), asks, calls the tool with
-what the question holds (the expression; the title and the words before the blank as the query), gets the tool's
-real result and ends with "Answer: X". A fact whose search does not return the span is not taught.
+A teaching conversation opens with the compact tools line (llmos/infer/tooluse.py `tools_line`),
+asks, calls the tool with what the question holds (the expression; the title and the words before
+the blank as the query), gets the tool's real result and ends with "Answer: X". A fact whose search does not return the span is not taught.
 Questions without the tools line are answered directly (the other SFT sources), so the model learns to
 call only when tools are offered.
 """
@@ -30,7 +30,7 @@ from llmos.infer.tooluse import tools_line
 ASK_MUL = ("What is {}?", "Compute {}.", "Calculate {}.", "How much is {}?")
 ASK_FACT = 'Fill in the blank from the Wikipedia article "{}": {}'
 BLANK = "___"
-SEARCH_HITS = 1  # results a taught search asks for: one snippet keeps a conversation in 256 tokens
+SEARCH_HITS = 1  # results a taught search asks for: one passage keeps a conversation in 256 tokens
 QUERY_WORDS = 6  # words before the blank in a taught query
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _NUMBER = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d+)(?![\w,]|\.\d)")
@@ -99,7 +99,7 @@ def facts(articles: list[tuple[str, str]], seed: int, n: int | None = None, per_
                     continue
                 cloze = sentence[:at] + BLANK + sentence[at + len(span):]
                 # The article's title and the words just before the blank (after it, when it opens the
-                # sentence): the snippet the store returns then centres on the blank's neighbourhood.
+                # sentence): the store then returns the sentence around the blank.
                 before, after = sentence[:at].split()[-QUERY_WORDS:], sentence[at + len(span):].split()[:3]
                 query = " ".join([title, *before, *(after if len(before) < 3 else [])]).rstrip(".,;:")
                 candidates.append(ToolProblem(ASK_FACT.format(title, cloze), span, kind,

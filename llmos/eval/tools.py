@@ -84,6 +84,7 @@ def evaluate_tools(model, tok, info: dict, args: ToolEvalArgs = ToolEvalArgs(), 
             got = replies(model, fmt, problems, args, box, mode == "with", f"{label} {name} {mode}".strip())
             right = [check(text, p) for (text, _), p in zip(got, problems)]
             low, high = wilson(sum(right), len(problems))
+            low = max(0.0, low)  # 0 of n: the formula's float rounding can dip below zero
             called = [any(c.name == p.tool for c in calls) for (_, calls), p in zip(got, problems)]
             results[name][mode] = {
                 "accuracy": sum(right) / len(problems), "low": low, "high": high, "n": len(problems),

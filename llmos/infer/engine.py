@@ -14,9 +14,9 @@ Each step: (1) sequences waiting for a slot are prefilled in a one-slot staging 
 reusing whatever the prefix cache holds of their start; a finished prefill is copied into a free
 row (into n rows for n samples of one prompt). (2) Rows with forced tokens pending (a tool's result:
 appended, not sampled) feed them; a row whose tool call is still running (llmos/infer/tooluse.py)
-holds its slot, fed a placeholder that its cache length forgets. (3) Every row samples its next token from its own logits with its
-own SamplingParams, generator and constraint, and is checked against its stop ids, stop strings,
-max_tokens, deadline and cancellation. (4) Finished rows leave at once; the last row moves into the
+holds its slot, fed a placeholder that its cache length forgets. (3) Every row samples its next
+token from its own logits with its own SamplingParams, generator and constraint, and is checked
+against its stop ids, stop strings, max_tokens, deadline and cancellation. (4) Finished rows leave at once; the last row moves into the
 hole, so running rows are always slots 0..B-1 and one batched forward feeds them all.
 
 Rows sit at different lengths in the KV cache, each at its own positions (llmos/model.py KVCache),

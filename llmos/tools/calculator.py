@@ -119,7 +119,8 @@ def evaluate(expression: str) -> str:
     if not isinstance(expression, str) or not expression.strip():
         raise ToolError("the expression is empty: give one such as 12 * (3 + 4)")
     if len(expression) > MAX_INPUT:
-        raise ToolError(f"the expression has {len(expression):,} characters; the calculator takes at most {MAX_INPUT:,}")
+        raise ToolError(f"the expression has {len(expression):,} characters; "
+                        f"the calculator takes at most {MAX_INPUT:,}")
     text = expression.strip().rstrip("=").strip()
     for old, new in REPLACE.items():
         text = text.replace(old, new)

@@ -11,26 +11,32 @@ the start of `llmos serve`/`llmos chat` with the python tool, and in docs/tools.
 
 - bubblewrap (Debian `bubblewrap`), when it runs here: new network, PID, IPC and UTS namespaces
   (no network at all, loopback included; every process the code starts dies with it), a read-only
-  view of the filesystem with the user's home hidden (only the Python installation is bound back),
-  a private writable folder as the working directory and a size-capped private /tmp.
+  view of the filesystem with the user's home hidden, and under root also any folder closed to other
+  users on the way to the Python installation (only the installation is bound back), a private
+  writable folder as the working directory and a size-capped private /tmp.
 - An unprivileged user: when llmos runs as root the code runs as `nobody` (root ignores
   RLIMIT_NPROC and may read /etc/shadow), with no capabilities and no way back.
 - Resource limits (setrlimit): CPU seconds, address space (memory), file size (and so output
   size: stdout and stderr go to files), process count; a wall-clock limit kills the whole sandbox.
 
 Without bubblewrap the code runs under the limits and the unprivileged user only, in a network
-namespace where the kernel allows one (else with the network open), without the read-only view or
-the private /tmp, and a child process that leaves the session may outlive the call. The mode in
-force is `Sandbox().mode` ("bwrap" or "limits").
+namespace where the kernel allows one, else behind a seccomp filter that refuses every socket but a
+Unix one (`pyseccomp` over the system's libseccomp), without the read-only view or the private /tmp,
+and a child process that leaves the session may outlive the call. Under root that mode also needs a
+Python installation that `nobody` can read (a root-only home hides it): otherwise the tool refuses
+to run and says so. The mode in force is `Sandbox().mode` ("bwrap" or "limits").
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import pwd
 import resource
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,7 +44,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from llmos.tools.registry import Tool, ToolConfig, ToolResult, register
+from llmos.tools.registry import Tool, ToolConfig, ToolError, ToolResult, register
 
 NOBODY = "nobody"
 WORKDIR = "/tmp/work"  # the code's working directory inside bubblewrap (in its private /tmp)
@@ -124,6 +130,49 @@ def _unshare_network() -> bool:
     return libc.unshare(flags) == 0
 
 
+def _refuse_sockets() -> None:
+    """A seccomp filter on this process and its children: socket() fails with EACCES for every
+    family but AF_UNIX (set no_new_privs first, which also forbids gaining privileges by exec)."""
+    import pyseccomp
+    rules = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
+    rules.add_rule(pyseccomp.ERRNO(errno.EACCES), "socket", pyseccomp.Arg(0, pyseccomp.NE, socket.AF_UNIX))
+    rules.load()
+
+
+@lru_cache(maxsize=1)
+def network_layer() -> str:
+    """How the limits mode cuts the network here: "namespace", "seccomp" or "" (not at all)."""
+    probe = "from llmos.tools.python_sandbox import _unshare_network as u; raise SystemExit(0 if u() else 1)"
+    if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0:
+        return "namespace"
+    try:
+        import pyseccomp  # noqa: F401
+        probe = "from llmos.tools.python_sandbox import _refuse_sockets as r; r()"
+        if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0:
+            return "seccomp"
+    except (ImportError, OSError):  # no libseccomp on this system
+        pass
+    return ""
+
+
+def _closed_folder(path: Path) -> Path | None:
+    """The outermost folder on the way to `path` that other users cannot enter, or None."""
+    for folder in [*reversed(path.parents), path]:
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            return folder
+    return None
+
+
+def unreachable_python(uid: int) -> str | None:
+    """Why `uid` could not run this Python installation (a folder it cannot enter), or None."""
+    if uid == os.getuid():
+        return None
+    for path in {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}:
+        if (closed := _closed_folder(path)) is not None:
+            return f"{closed} is closed to other users, and the Python installation lies inside it"
+    return None
+
+
 class Sandbox:
     def __init__(self, limits: Limits | None = None, mode: str | None = None):
         self.limits = limits or Limits()
@@ -141,10 +190,13 @@ class Sandbox:
                     "processes": "own PID namespace: every process dies with the call",
                     "user": user, "limits": limits}
         why = bwrap_works() or "chosen"
-        return {"network": "namespace where the kernel allows one, else OPEN (" + why + ")",
+        network = {"namespace": "none (network namespace)", "seccomp": "sockets refused (seccomp filter)",
+                   "": "OPEN: neither a network namespace nor seccomp is available"}[network_layer()]
+        blocked = unreachable_python(self.uid)
+        return {"network": f"{network}; no bubblewrap: {why}",
                 "filesystem": "NOT read-only: ordinary permissions of the user it runs as; private working folder",
                 "processes": "process group killed after the call; a child that leaves the session may survive",
-                "user": user, "limits": limits}
+                "user": user + (f"; CANNOT RUN: {blocked}" if blocked else ""), "limits": limits}
 
     def _preexec(self, nproc: int):
         limits = self.limits
@@ -157,8 +209,11 @@ class Sandbox:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb * mb,) * 2)
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if self.mode == "limits":
-                _unshare_network()  # best effort: reported by layers()
+            if self.mode == "limits" and not _unshare_network():
+                try:
+                    _refuse_sockets()
+                except (ImportError, OSError):  # reported by layers(): the network stays open
+                    pass
         return setup
 
     def _command(self, work: Path) -> tuple[list[str], str]:
@@ -166,17 +221,23 @@ class Sandbox:
         python = [sys.executable, "-I", "-c", RUNNER, str(self.uid)]
         if self.mode != "bwrap":
             return python, str(work)
-        home = Path.home().resolve()
         cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-               "--perms", "1777", "--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
-               "--perms", "0755", "--tmpfs", str(home)]
-        # The Python installation is bound back when it lives in the hidden home.
-        needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, Path(sys.executable).parent)}
-        made = {home}
-        for path in sorted(needed):
-            if home in path.parents:
+               "--perms", "1777", "--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+        # Hidden behind empty folders: the user's home, and any folder the code's user could not enter
+        # on the way to the Python installation (root's home, when it runs as nobody); the
+        # installation itself is then bound back, read-only.
+        needed = sorted({Path(p).resolve() for p in (sys.prefix, sys.base_prefix, Path(sys.executable).parent)})
+        hidden = {Path.home().resolve()}
+        if self.uid != os.getuid():
+            hidden |= {closed for path in needed if (closed := _closed_folder(path)) is not None}
+        hidden = {h for h in hidden if not any(other in h.parents for other in hidden)}  # outermost only
+        for folder in sorted(hidden):
+            cmd += ["--perms", "0755", "--tmpfs", str(folder)]
+        made = set(hidden)
+        for path in needed:
+            if any(folder in path.parents for folder in hidden):
                 for parent in reversed(path.parents):  # bubblewrap would make them owner-only
-                    if home in parent.parents and parent not in made:
+                    if any(folder in parent.parents for folder in hidden) and parent not in made:
                         cmd += ["--perms", "0755", "--dir", str(parent)]
                         made.add(parent)
                 cmd += ["--ro-bind", str(path), str(path)]
@@ -190,6 +251,9 @@ class Sandbox:
 
     def run(self, code: str) -> ToolResult:
         limits = self.limits
+        if self.mode == "limits" and (blocked := unreachable_python(self.uid)):
+            raise ToolError(f"the python tool cannot run here: it would run as nobody, but {blocked}; "
+                            "install bubblewrap (Debian: apt-get install bubblewrap) or run llmos as an ordinary user")
         with tempfile.TemporaryDirectory(prefix="llmos-python-") as tmp:
             work = Path(tmp) / "work"
             work.mkdir()

@@ -2,18 +2,20 @@
 
     store = SearchStore.build(path, wikipedia_leads())       # what `llmos index` does by default
     SearchStore.build(path, folder_documents("~/notes"))     # `llmos index ~/notes`
-    store.search("Eiffel tower height", k=5)   # [Hit(id, title, snippet, score)], best first
+    store.search("Eiffel tower height", k=5)   # [Hit(id, title, passage, score)], best first
     store.page("wiki:Eiffel Tower")            # the whole document
 
 The store is SQLite with an FTS5 table ranked by bm25 (title words weigh more than body words),
-written to a temp file and renamed into place, so a half-built index is never used. Documents are
-(id, title, text, source) rows; the default store holds the Wikipedia lead sections the corpus
-ships (10,033 articles).
+written to a temp file and renamed into place, so a half-built index is never used. Each hit shows
+the sentence of its document that holds the most query words (`passage`). Documents are
+(id, title, text, source) rows; the default store holds the Wikipedia lead sections of the corpus's
+wiki source (9,497 articles after cleaning).
 
 `open` takes a document id from a search result, or a URL. A URL at a loopback host or one the
 config lists (`open_hosts`) is fetched; any other host is a side effect the user must confirm (else
-the call is declined), and every redirect hop is checked the same way. A fetch reads at most MAX_FETCH bytes in FETCH_TIMEOUT seconds and HTML is
-reduced to its text (scripts, styles and tags dropped).
+the call is declined), and every redirect hop is checked the same way. A fetch reads at most
+MAX_FETCH bytes in FETCH_TIMEOUT seconds, and HTML is reduced to its text (scripts, styles and tags
+dropped).
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ from llmos.tools.registry import Tool, ToolConfig, ToolError, register
 MAX_FETCH = 1_000_000  # bytes read from a URL
 FETCH_TIMEOUT = 10.0
 PAGE_CHARS = 6_000  # of a page returned to the model
-SNIPPET_TOKENS = 24
+PASSAGE_WORDS = 40  # of the sentence a hit shows
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")
 
 
@@ -45,7 +48,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")
 class Hit:
     id: str
     title: str
-    snippet: str
+    passage: str
     score: float
 
 
@@ -117,14 +120,31 @@ class SearchStore:
             raise ToolError("the query has no words: say what to look for")
         # Any of the words may match (OR); bm25 ranks documents holding more and rarer ones first.
         match = " OR ".join(f'"{w}"' for w in words[:32])
-        rows = self.db.execute(
-            "SELECT id, title, snippet(docs, 2, '', '', ' ... ', ?), bm25(docs, 0.0, 5.0, 1.0) AS score "
-            "FROM docs WHERE docs MATCH ? ORDER BY score LIMIT ?", (SNIPPET_TOKENS, match, k)).fetchall()
-        return [Hit(i, t, " ".join(s.split()), -score) for i, t, s, score in rows]  # one line each
+        rows = self.db.execute("SELECT id, title, text, bm25(docs, 0.0, 5.0, 1.0) AS score FROM docs "
+                               "WHERE docs MATCH ? ORDER BY score LIMIT ?", (match, k)).fetchall()
+        return [Hit(i, t, passage(text, words), -score) for i, t, text, score in rows]
 
     def page(self, doc_id: str) -> tuple[str, str] | None:
         row = self.db.execute("SELECT title, text FROM docs WHERE id = ?", (doc_id,)).fetchone()
         return (row[0], row[1]) if row else None
+
+
+def passage(text: str, words: list[str]) -> str:
+    """The sentence of `text` that holds the most distinct query words (of 3 letters or more; the
+    first such sentence on a tie), cut to PASSAGE_WORDS words from a little before its first match:
+    a whole sentence reads better than FTS5's fixed window, which a query with a few wrong words
+    pulls off the sentence it was after."""
+    wanted = {w for w in words if len(w) > 2}
+    best, best_score = "", -1
+    for sentence in _SENTENCE.split(" ".join(text.split())):
+        score = len(wanted & set(re.findall(r"\w+", sentence.lower())))
+        if score > best_score:
+            best, best_score = sentence, score
+    tokens = best.split()
+    first = next((i for i, t in enumerate(tokens) if set(re.findall(r"\w+", t.lower())) & wanted), 0)
+    start = max(0, min(first - 5, len(tokens) - PASSAGE_WORDS))
+    cut = tokens[start:start + PASSAGE_WORDS]
+    return ("... " if start else "") + " ".join(cut) + (" ..." if start + PASSAGE_WORDS < len(tokens) else "")
 
 
 class _TextOnly(HTMLParser):
@@ -229,7 +249,7 @@ def tools(config: ToolConfig) -> list[Tool]:
         hits = get_store().search(args["query"], args.get("k", 3))
         if not hits:
             return "no results"
-        return "\n".join(f"[{h.id}] {h.title}: {h.snippet}" for h in hits)
+        return "\n".join(f"[{h.id}] {h.title}: {h.passage}" for h in hits)
 
     def open_page(args: dict) -> str:
         target = args["id"].strip()
@@ -252,7 +272,7 @@ def tools(config: ToolConfig) -> list[Tool]:
         return None
 
     return [
-        Tool("search", "Search the document store; returns ranked snippets, each with an id for `open`.",
+        Tool("search", "Search the document store; returns ranked passages, each with an id for `open`.",
              {"type": "object", "properties": {"query": {"type": "string"},
                                                "k": {"type": "integer", "minimum": 1, "maximum": 20}},
               "required": ["query"], "additionalProperties": False}, search),
