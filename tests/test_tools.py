@@ -193,9 +193,7 @@ def test_an_index_is_never_half_written(tmp_path):
     from llmos.common import LlmosError
     with pytest.raises(LlmosError, match="no documents to index"):
         SearchStore.build(tmp_path / "i.sqlite", folder_documents(empty))
-    assert not any(p.name.endswith(".sqlite") for p in tmp_path.iterdir())
-    assert os.listdir(tmp_path) == ["empty"]
-    assert not Path(tmp_path / ".i.sqlite.tmp").exists()
+    assert os.listdir(tmp_path) == ["empty"]  # neither the store nor its temp file
 
 
 def test_cloze_facts_blank_a_span_and_the_taught_search_finds_it(wiki_corpus_dir):
