@@ -233,11 +233,12 @@ class Sandbox:
         hidden = {h for h in hidden if not any(other in h.parents for other in hidden)}  # outermost only
         for folder in sorted(hidden):
             cmd += ["--perms", "0755", "--tmpfs", str(folder)]
-        made = set(hidden)
+        covered = hidden | {Path("/tmp")}  # the private /tmp hides a checkout (and its venv) there too
+        made = set(covered)
         for path in needed:
-            if any(folder in path.parents for folder in hidden):
+            if any(folder in path.parents for folder in covered):
                 for parent in reversed(path.parents):  # bubblewrap would make them owner-only
-                    if any(folder in parent.parents for folder in hidden) and parent not in made:
+                    if any(folder in parent.parents for folder in covered) and parent not in made:
                         cmd += ["--perms", "0755", "--dir", str(parent)]
                         made.add(parent)
                 cmd += ["--ro-bind", str(path), str(path)]
