@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import unavailable
-from llmos.tools.python_sandbox import Limits, Sandbox, bwrap_works, describe_layers
+from llmos.tools.python_sandbox import Limits, Sandbox, bind_back, bwrap_works, describe_layers
 
 
 @pytest.fixture(scope="module")
@@ -164,15 +164,8 @@ def ordinary_user_command(work: Path) -> list[str]:
     root's private home is replaced by one holding only the Python installation and the checkout,
     read-only, then `setpriv` drops every privilege before pytest starts."""
     home, repo = Path.home().resolve(), Path(__file__).resolve().parent.parent
-    cmd = ["bwrap", "--dev-bind", "/", "/", "--perms", "0755", "--tmpfs", str(home)]
-    made = {home}
-    for path in sorted({Path(p).resolve() for p in (sys.prefix, sys.base_prefix, repo)}):
-        if home in path.parents:
-            for parent in reversed(path.parents):
-                if home in parent.parents and parent not in made:
-                    cmd += ["--perms", "0755", "--dir", str(parent)]
-                    made.add(parent)
-            cmd += ["--ro-bind", str(path), str(path)]
+    cmd = ["bwrap", "--dev-bind", "/", "/", "--perms", "0755", "--tmpfs", str(home),
+           *bind_back([Path(p).resolve() for p in (sys.prefix, sys.base_prefix, repo)], {home})]
     user_home = work / "home"
     user_home.mkdir()
     os.chown(user_home, ORDINARY_UID, ORDINARY_UID)

@@ -155,6 +155,20 @@ def network_layer() -> str:
     return ""
 
 
+def bind_back(paths: list[Path], covered: set[Path]) -> list[str]:
+    """bubblewrap arguments that show `paths` (read-only) again inside folders covered by a tmpfs,
+    their parents made 0755 (bubblewrap would make them owner-only)."""
+    args, made = [], set(covered)
+    for path in sorted(paths):
+        if any(folder in path.parents for folder in covered):
+            for parent in reversed(path.parents):
+                if any(folder in parent.parents for folder in covered) and parent not in made:
+                    args += ["--perms", "0755", "--dir", str(parent)]
+                    made.add(parent)
+            args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
 def _closed_folder(path: Path) -> Path | None:
     """The outermost folder on the way to `path` that other users cannot enter, or None."""
     for folder in [*reversed(path.parents), path]:
@@ -233,15 +247,7 @@ class Sandbox:
         hidden = {h for h in hidden if not any(other in h.parents for other in hidden)}  # outermost only
         for folder in sorted(hidden):
             cmd += ["--perms", "0755", "--tmpfs", str(folder)]
-        covered = hidden | {Path("/tmp")}  # the private /tmp hides a checkout (and its venv) there too
-        made = set(covered)
-        for path in needed:
-            if any(folder in path.parents for folder in covered):
-                for parent in reversed(path.parents):  # bubblewrap would make them owner-only
-                    if any(folder in parent.parents for folder in covered) and parent not in made:
-                        cmd += ["--perms", "0755", "--dir", str(parent)]
-                        made.add(parent)
-                cmd += ["--ro-bind", str(path), str(path)]
+        cmd += bind_back(needed, hidden | {Path("/tmp")})  # the private /tmp hides a checkout there too
         cmd += ["--bind", str(work), WORKDIR, "--chdir", WORKDIR,
                 "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
