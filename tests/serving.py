@@ -50,9 +50,10 @@ def tiny_chat_model(path: Path, tokenizer_path: Path, max_seq_len: int = 256, se
 
 
 def memorizing_model(tok: Tokenizer, conversations: list[list[dict]], steps: int = 300,
-                     max_seq_len: int = 256) -> Transformer:
+                     max_seq_len: int = 256, max_loss: float = 0.01) -> Transformer:
     """A tiny model that learned these conversations by heart (their assistant tokens: the calls and
-    the answers, never the tool results), so that it makes its calls and answers as they do."""
+    the answers, never the tool results), so that it makes its calls and answers as they do. Several
+    replies to one prompt are learned as a distribution (their loss cannot reach 0: raise max_loss)."""
     from llmos.chat import ChatFormat
     fmt = ChatFormat(tok)
     torch.manual_seed(0)
@@ -69,7 +70,7 @@ def memorizing_model(tok: Tokenizer, conversations: list[list[dict]], steps: int
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.01, f"the tiny model did not learn its conversations (loss {loss.item():.3f})"
+    assert loss.item() < max_loss, f"the tiny model did not learn its conversations (loss {loss.item():.3f})"
     return model.eval()
 
 

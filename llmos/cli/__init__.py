@@ -20,6 +20,7 @@
     llmos tools [call NAME ARGS]                        the tools (calculator, python, search, files); run one
     llmos index [FOLDER]                                the search tool's store (default: the Wikipedia leads)
     llmos mcp [--tools NAMES]                           the tools as an MCP server (stdio)
+    llmos think --model M [--strategy vote -k 16] "..."  more thinking for a better answer (vote, best-of-n, budget)
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -81,8 +82,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens_help: str, tem
 
 
 # Verb groups that live in a module of their own (llmos/cli/GROUP.py, with add_parsers(verbs, fmt)):
-# the comparison and RLHF stages, and the tools.
-VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools")
+# the comparison and RLHF stages, the tools, and test-time thinking.
+VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools", "think")
 GENERATE_TOKENS = 200  # `llmos generate`'s default length, when the context has room for it
 
 
@@ -173,8 +174,10 @@ def cmd_eval(args):
     def given(names):
         return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, "")]
 
-    if args.tasks:
+    if args.tasks == "tools":
         return eval_tools(args)
+    if args.tasks:
+        return eval_compute(args)
     if args.loss:
         wrong = given(["base"] + [f.name for f in dataclasses.fields(EvalArgs) if f.name not in EVAL_SHARED])
         if wrong:
@@ -199,8 +202,6 @@ def eval_tools(args):
     from llmos.eval.tools import ToolEvalArgs, evaluate_tools, tools_table
     from llmos.load import load_model
     from llmos.report import markdown_table
-    if args.tasks != "tools":
-        raise LlmosError(f"--tasks {args.tasks}: the task groups are: tools")
     tool_args = ToolEvalArgs(**{k: v for k, v in (("max_tokens", args.max_tokens), ("batch_size", args.batch_size))
                                 if v is not None})
     refs = {"base": args.base, "model": args.model} if args.base else {"model": args.model}
@@ -212,6 +213,25 @@ def eval_tools(args):
     if args.out:
         write_json(args.out, {name: {**r, "model": refs[name]} for name, r in results.items()})
         print(f"results and every reply: {args.out}")
+
+
+def eval_compute(args):
+    from llmos.common import write_json
+    from llmos.eval.compute import ComputeArgs, compute_curves, curves_table, plot_curves
+    from llmos.eval.tasks import get_task
+    from llmos.load import load_model
+    from llmos.report import markdown_table
+    task = get_task(args.tasks)
+    fields = [f.name for f in dataclasses.fields(ComputeArgs)]
+    compute_args = ComputeArgs(**{k: getattr(args, k) for k in fields if getattr(args, k, None) is not None})
+    model, tok, info = load_model(args.model)
+    result = compute_curves(model, tok, info, task, compute_args)
+    print(markdown_table(*curves_table(result)))
+    if args.out:
+        out = Path(args.out)
+        write_json(out, {**result, "model": args.model})
+        png = plot_curves(result, out.with_suffix(".png"))
+        print(f"curves: {out} and {png}")
 
 
 def eval_loss(args):
@@ -360,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llmos.train.pretrain import DataArgs, ModelArgs
     from llmos.train.sft import SFTArgs, sft_train_config
     from llmos.eval.assistant import EvalArgs
+    from llmos.eval.compute import ComputeArgs
 
     fmt = HelpFormatter
     parser = argparse.ArgumentParser(prog="llmos", description="A hackable LLM stack: data to chat.")
@@ -421,11 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "e.g. RUN/sft/data")
     mode.add_argument("--loss", metavar="FILE", help="score the model on a UTF-8 text file: perplexity and bits "
                                                      "per byte (llmos/eval/loss.py)")
-    mode.add_argument("--tasks", choices=["tools"], help="tools: held-out arithmetic and facts with and without "
-                                                         "the calculator and search (llmos/eval/tools.py)")
+    mode.add_argument("--tasks", help="tools: held-out arithmetic and facts with and without the calculator and "
+                                      "search (llmos/eval/tools.py); or a checked task (skills[:KINDS], gsm8k, "
+                                      "rg:NAME) with --strategies: accuracy against test-time compute "
+                                      "(llmos/eval/compute.py)")
     p.add_argument("--out", default="", help="write the scores (--data: and every reply) to this JSON file")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N", help=EVAL_SHARED["max_tokens"])
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help=EVAL_SHARED["batch_size"])
+    group, comments = p.add_argument_group("accuracy against compute (--tasks TASK)"), field_comments(ComputeArgs)
+    for f in dataclasses.fields(ComputeArgs):
+        if f.name != "max_tokens":
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None,
+                               help=comments.get(f.name, "") + f" (default: {f.default})")
     group, comments = p.add_argument_group("assistant scores (--data)"), field_comments(EvalArgs)
     group.add_argument("--base", default="", help="a second model to show beside it (e.g. the base before SFT)")
     for f in dataclasses.fields(EvalArgs):  # default None: a flag given with --loss is then an error

@@ -89,8 +89,12 @@ class Task:
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         raise NotImplementedError
 
+    def extract(self, reply: str) -> str | None:
+        """The reply's final answer as this task reads it (what votes are counted on)."""
+        return final_answer(reply, self.numeric)
+
     def check(self, reply: str, problem: Problem) -> bool:
-        return answers_match(final_answer(reply, self.numeric), problem.answer)
+        return answers_match(self.extract(reply), problem.answer)
 
 
 class SkillsTask(Task):
