@@ -57,6 +57,6 @@ def add_parsers(verbs, fmt) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="of the sampled chains")
     p.add_argument("--max-tokens", type=int, default=256, help="of one chain of thought")
     p.add_argument("--min-tokens", type=int, default=0, help="force: think at least this many tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="of the sampled chains (sample i uses seed + i)")
     p.add_argument("--json", action="store_true", help="print the answer, reasoning and compute as JSON")
     p.set_defaults(func=cmd_think)

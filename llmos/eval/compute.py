@@ -42,7 +42,7 @@ class ComputeArgs:
     max_tokens: int = 256  # of one chain
     verifier: str = "logprob"  # best-of-n's scorer: logprob | self | rm:PATH
     time_problems: int = 16  # problems each level is timed on (0: skip the seconds axis)
-    seed: int = 0
+    seed: int = 0  # of the sampled chains, and of which problems are drawn
 
 
 def parse_levels(text: str) -> list[int]:
