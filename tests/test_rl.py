@@ -168,6 +168,28 @@ def test_bad_rl_inputs_are_clear(tiny_model, tmp_path, change, message):
         rl(args, rl_train_config(steps=1))
 
 
+def test_game_of_24_checks_the_expression_itself():
+    every = get_task("game24").problems("eval", 1362)
+    assert len(every) == 1362 and len({tuple(p.meta["numbers"]) for p in every}) == 1362
+    test_set = get_task("game24:901-1000")
+    held = test_set.problems("eval", 100)
+    assert sorted(p.meta["rank"] for p in held) == list(range(901, 1001))
+    assert len(test_set.problems("train", 1262)) == 1262  # the rest of the puzzles
+    p = next(p for p in every if p.meta["numbers"] == [1, 1, 4, 6])
+    assert "Answer:" in p.messages[0]["content"]
+    assert test_set.check("Multiply.\nAnswer: 4 * 6 * 1 * 1", p) and test_set.check("Answer: (1 + 1) * 6 + 4 * 3 - 4", p) is False
+    assert test_set.check("Answer: 6 * 4 / (1 * 1) = 24", p)
+    assert not test_set.check("Answer: 6 * 4", p)  # numbers left out
+    assert not test_set.check("Answer: 6 * 4 * 1 * 1 * 1", p)  # a number used twice
+    assert not test_set.check("Answer: (6 + 4 + 1 + 1) * 2", p)  # a number not in the puzzle
+    assert not test_set.check("Answer: 4 ** 1 * 6 * 1", p)  # only + - * / allowed
+    assert not test_set.check("Answer: 6 + 4 + 1 + 1", p) and not test_set.check("no answer line", p)
+    with pytest.raises(LlmosError, match="rank range A-B"):
+        get_task("game24:1000-901")
+    with pytest.raises(LlmosError, match="pick ranks"):
+        get_task("game24").problems("train", 1)
+
+
 def test_reasoning_gym_tasks_use_their_own_scorer():
     require("reasoning_gym")
     task = get_task("rg:basic_arithmetic:min_terms=2,max_terms=2,max_digits=1")

@@ -12,6 +12,10 @@ Tasks (`llmos rl --task NAME`, `llmos arena --task NAME`; `list_tasks()` describ
                        "train" and "eval" use disjoint operand pairs and words, as SFT does.
     gsm8k              grade-school math word problems (OpenAI, MIT; shipped in llmos/data/gsm8k):
                        "train" is its 7,473 training problems, "eval" its 1,319 test problems.
+    game24[:A-B]       the Game of 24 (1,362 puzzles, MIT; shipped in llmos/data/game24): make 24 from four
+                       numbers with + - * / and parentheses, each number once; the checker evaluates the
+                       reply's expression exactly. A-B picks ranks by difficulty ("eval"; "train" is the
+                       rest), e.g. game24:901-1000, the Tree-of-Thoughts paper's test set.
     rg:NAME[:K=V,...]  a reasoning-gym generator (pip install reasoning-gym), e.g.
                        rg:basic_arithmetic:max_terms=3,max_digits=2 or rg:gsm_symbolic; its own
                        scorer decides. "train" and "eval" are seeded apart.
@@ -33,6 +37,7 @@ from llmos.common import LlmosError
 from llmos.data.conversations import ANSWER, extract_answer, skills
 
 GSM8K_DIR = Path(__file__).resolve().parent.parent / "data" / "gsm8k"
+GAME24_FILE = Path(__file__).resolve().parent.parent / "data" / "game24" / "puzzles.jsonl.gz"
 SKILL_KINDS = ("add", "sub", "mul", "count", "spell", "word_add", "word_sub", "word_mul")
 INSTRUCTION = f'\nEnd your reply with a line "{ANSWER}X", where X is the final answer.'
 RG_SPLIT_SEED = {"train": 1, "eval": 2}  # reasoning-gym datasets are seeded; these keep the splits apart
@@ -149,6 +154,51 @@ class GSM8KTask(Task):
                         instruct=True) for r in rows[:n]]
 
 
+class Game24Task(Task):
+    numeric = False
+    _ALLOWED = re.compile(r"^[\d\s+\-*/().]+$")
+
+    def __init__(self, ranks: tuple[int, int] | None = None):
+        self.ranks = ranks
+        self.name = "game24" + (f":{ranks[0]}-{ranks[1]}" if ranks else "")
+        self.description = "Game of 24 (MIT), the expression checked exactly"
+
+    def puzzles(self) -> list[dict]:
+        with gzip.open(GAME24_FILE, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        check_split(split)
+        low, high = self.ranks or (1, 10 ** 9)
+        rows = [r for r in self.puzzles() if (low <= r["rank"] <= high) == (split == "eval")]
+        if n > len(rows):
+            raise LlmosError(f"{self.name} has {len(rows):,} puzzles in its {split} split, fewer than the {n:,} "
+                             "asked for" + ("" if rows else ": pick ranks, e.g. game24:901-1000, to train on the rest"))
+        if n < len(rows):
+            rows = random.Random(seed).sample(rows, n)
+        return [Problem(f"Use the numbers {' '.join(map(str, r['numbers']))} and + - * / with parentheses to make "
+                        "24, each number exactly once. Give the expression.", "24",
+                        {"numbers": r["numbers"], "rank": r["rank"]}, instruct=True) for r in rows]
+
+    def check(self, reply: str, problem: Problem) -> bool:
+        """The expression on the reply's "Answer:" line uses the puzzle's four numbers, each once, and only
+        + - * / and parentheses, and is exactly 24 (an "= 24" after it is allowed)."""
+        from llmos.tools.calculator import evaluate
+        from llmos.tools.registry import ToolError
+        found = self.extract(reply)
+        if found is None:
+            return False
+        expression = found.split("=")[0].strip()
+        if not self._ALLOWED.match(expression) or "**" in expression or "//" in expression:
+            return False
+        if sorted(int(x) for x in re.findall(r"\d+", expression)) != sorted(problem.meta["numbers"]):
+            return False
+        try:
+            return evaluate(expression) == "24"
+        except ToolError:
+            return False
+
+
 class ReasoningGymTask(Task):
     def __init__(self, generator: str, config: dict):
         try:
@@ -206,14 +256,22 @@ def get_task(name: str) -> Task:
         return SkillsTask(tuple(k.strip() for k in rest.split(",") if k.strip()))
     if head == "gsm8k" and not rest:
         return GSM8KTask()
+    if head == "game24":
+        if not rest:
+            return Game24Task()
+        m = re.fullmatch(r"(\d+)-(\d+)", rest)
+        if not m or int(m.group(1)) > int(m.group(2)):
+            raise LlmosError(f"game24:{rest}: give a rank range A-B, e.g. game24:901-1000")
+        return Game24Task((int(m.group(1)), int(m.group(2))))
     if head == "rg" and rest:
         generator, _, config = rest.partition(":")
         return ReasoningGymTask(generator, parse_config(config))
-    raise LlmosError(f"unknown task {name!r}: use skills[:KINDS], gsm8k or rg:GENERATOR[:K=V,...] "
+    raise LlmosError(f"unknown task {name!r}: use skills[:KINDS], gsm8k, game24[:A-B] or rg:GENERATOR[:K=V,...] "
                      "(llmos/eval/tasks.py)")
 
 
 def list_tasks() -> list[tuple[str, str]]:
     return [("skills[:KINDS]", f"llmos skills; kinds {', '.join(SKILL_KINDS)}"),
             ("gsm8k", GSM8KTask.description),
+            ("game24[:A-B]", "Game of 24 (MIT): 1,362 puzzles ranked by difficulty, the expression checked exactly"),
             ("rg:NAME[:K=V,...]", "a reasoning-gym generator with its scorer, e.g. rg:basic_arithmetic")]
