@@ -43,7 +43,7 @@ import math
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from llmos.chat import ChatFormat
@@ -238,8 +238,7 @@ class Thinker:
         for prompt, params, n in jobs:
             group: list[Sequence] = []
             while len(group) < n:
-                seeded = params if params.seed is None else \
-                    SamplingParams(**{**params.__dict__, "seed": params.seed + len(group)})
+                seeded = params if params.seed is None else replace(params, seed=params.seed + len(group))
                 group += engine.add(prompt, seeded, n=min(n - len(group), engine.max_batch), tools=tools)
             groups.append(group)
         while engine.has_work:
@@ -261,11 +260,11 @@ class Thinker:
         strategy.check()
         if strategy.verifier == "gold" and strategy.name == "best-of-n" and checks is None:
             raise LlmosError("the gold verifier needs each problem's checker (it is pass@k): use a task")
-        started = self.clock()
         if strategy.name == "budget":
             return [self._budget(m, strategy, extract) for m in conversations]
         if strategy.name == "force":
             return [self._force(m, strategy, extract) for m in conversations]
+        started = self.clock()
         thoughts = self._batched(conversations, strategy, extract, checks)
         share = (self.clock() - started) / max(len(conversations), 1)
         for t in thoughts:
@@ -378,7 +377,7 @@ class Thinker:
         stopped = "budget"
         while True:
             while len(running) < engine.max_batch:  # keep the batch full: a finished sample is replaced
-                seeded = SamplingParams(**{**params.__dict__, "seed": strategy.seed + drawn})
+                seeded = replace(params, seed=strategy.seed + drawn)
                 running += engine.add(prompt, seeded)
                 drawn += 1
             engine.step()
