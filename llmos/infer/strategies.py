@@ -49,6 +49,7 @@ from typing import Callable
 from llmos.chat import ChatFormat
 from llmos.common import LlmosError
 from llmos.data.conversations import ANSWER
+from llmos.eval.tasks import final_answer, normalize_number
 from llmos.infer.engine import Engine, Sequence
 from llmos.infer.sampling import SamplingParams
 
@@ -58,7 +59,6 @@ COT_PROMPT = f'\n\nThink step by step, then end with a line "{ANSWER}X", where X
 VERIFY_PROMPT = "Is that final answer right? Reply with yes or no."
 WAIT = " Wait,"
 SETTLED = 0.95  # the budget strategy stops once the leading answer leads with this probability
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|tok|tokens)\s*$")
 
 
@@ -138,24 +138,15 @@ def split_reasoning(reply: str) -> tuple[str, str]:
 
 
 def default_extract(reply: str) -> str | None:
-    """The reply's last "Answer: X" line, else its last number."""
-    line = split_reasoning(reply)[1]
-    if line:
-        return line[len(ANSWER.strip()):].strip() or None
-    numbers = _NUMBER.findall(reply)
-    return numbers[-1] if numbers else None
+    """The reply's last "Answer: X" line, else its last number (the checked tasks' own reading)."""
+    return final_answer(reply, numeric=True)
 
 
 def answer_key(answer: str | None) -> str | None:
     """What votes are counted on: '1,234.0' and '1234' agree, as do 'Paris.' and 'paris'."""
     if answer is None:
         return None
-    text = answer.strip().rstrip(".").strip()
-    try:
-        value = float(text.replace(",", ""))
-        return str(int(value)) if value.is_integer() else repr(value)
-    except ValueError:
-        return text.lower() or None
+    return normalize_number(answer) or answer.strip().rstrip(".").strip().lower() or None
 
 
 def settled(counts: list[int], level: float = SETTLED) -> bool:
