@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import unavailable
-from llmos.tools.python_sandbox import Limits, Sandbox, bind_back, bwrap_works, describe_layers
+from llmos.tools.python_sandbox import Limits, Sandbox, _closed_folder, bind_back, bwrap_works, describe_layers
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +161,19 @@ ORDINARY_UID = 41234  # an unprivileged uid with no account: nothing on the mach
 
 def ordinary_user_command(work: Path) -> list[str]:
     """This test module, run as an ordinary user (when llmos runs as root): a root-made view in which
-    root's private home is replaced by one holding only the Python installation and the checkout,
+    root's private home (and any owner-only folder on the way) is replaced by one holding only the
+    Python installation and the checkout,
     read-only, then `setpriv` drops every privilege before pytest starts."""
-    home, repo = Path.home().resolve(), Path(__file__).resolve().parent.parent
-    cmd = ["bwrap", "--dev-bind", "/", "/", "--perms", "0755", "--tmpfs", str(home),
-           *bind_back([Path(p).resolve() for p in (sys.prefix, sys.base_prefix, repo)], {home})]
+    repo = Path(__file__).resolve().parent.parent
+    needed = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, repo)]
+    # Root's home, and any owner-only folder on the way (a checkout under `mktemp -d`), become empty
+    # and show only what the run needs.
+    closed = {Path.home().resolve(), *filter(None, map(_closed_folder, needed))}
+    covered = {c for c in closed if not any(other in c.parents for other in closed)}
+    cmd = ["bwrap", "--dev-bind", "/", "/"]
+    for folder in sorted(covered):
+        cmd += ["--perms", "0755", "--tmpfs", str(folder)]
+    cmd += bind_back(needed, covered)
     user_home = work / "home"
     user_home.mkdir()
     os.chown(user_home, ORDINARY_UID, ORDINARY_UID)
