@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -150,17 +151,20 @@ def test_many_questions_decode_together_with_the_same_answers(model, tok):
     thinker = Thinker(model, tok, max_batch=8)
     strategy = Strategy("vote", k=12, temperature=1.0, top_p=1.0, seed=3)
     together = thinker.think_many([[{"role": "user", "content": QUESTION}]] * 3, strategy)
-    alone = ask(thinker, strategy)
-    assert all(t.samples == alone.samples for t in together)  # seeded: the same samples, batched or not
+    # seeded: the same samples, batched or not; question j draws with seeds from seed + j*k
+    alone = [ask(thinker, replace(strategy, seed=3 + j * 12)) for j in range(3)]
+    assert [t.samples for t in together] == [a.samples for a in alone]
+    assert together[0].samples != together[1].samples  # each question draws its own chains
 
 
 def test_llmos_think_answers_from_the_command_line_and_names_bad_input(model, tok, tmp_path):
     path = save_params(tmp_path / "m.llmos", model, tok, provenance={"name": "m"})
-    done = subprocess.run(llmos_cmd("think", "--model", str(path), "--strategy", "vote", "-k", "16",
+    # 64 chains: the wrong answer (30%) wins a 16-chain vote 7% of the time, a 64-chain one 0.1%
+    done = subprocess.run(llmos_cmd("think", "--model", str(path), "--strategy", "vote", "-k", "64",
                                     "--temperature", "1", "--json", QUESTION), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["answer"] == "7" and out["samples"] == 16 and out["reasoning_content"] in [r.split("\n")[0] for r in RIGHT]
+    assert out["answer"] == "7" and out["samples"] == 64 and out["reasoning_content"] in [r.split("\n")[0] for r in RIGHT]
     bad = subprocess.run(llmos_cmd("think", "--model", str(path), "--strategy", "budget", QUESTION),
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "needs a budget" in bad.stderr and "Traceback" not in bad.stderr
@@ -176,11 +180,12 @@ class OneQuestion(Task):
 
 def test_accuracy_against_compute_rises_for_vote_and_pass_at_k(model, tok, tmp_path):
     clock = FakeClock()
-    args = ComputeArgs(strategies="greedy,vote,best-of-n,pass@k", compute="1,4,16", problems=6, temperature=1.0,
+    # each problem draws its own chains; at 64 a vote picks the wrong answer (30%) 0.1% of the time
+    args = ComputeArgs(strategies="greedy,vote,best-of-n,pass@k", compute="1,4,64", problems=6, temperature=1.0,
                        time_problems=2)
     result = compute_curves(model, tok, {}, OneQuestion(), args, clock=clock)
     curves = result["curves"]
-    assert [p["compute"] for p in curves["vote"]] == [1, 4, 16] and len(curves["greedy"]) == 1
+    assert [p["compute"] for p in curves["vote"]] == [1, 4, 64] and len(curves["greedy"]) == 1
     assert curves["greedy"][0]["accuracy"] == 0.0 and curves["vote"][-1]["accuracy"] == 1.0
     passed = [p["accuracy"] for p in curves["pass@k"]]
     assert passed == sorted(passed) and passed[-1] == 1.0
@@ -188,7 +193,7 @@ def test_accuracy_against_compute_rises_for_vote_and_pass_at_k(model, tok, tmp_p
         tokens = [p["tokens"] for p in points]
         assert tokens == sorted(tokens) and all(p["seconds"] is not None and p["seconds"] > 0 for p in points)
     headers, rows = curves_table(result)
-    assert headers == ["strategy", "1x", "4x", "16x"] and rows[0][0] == "greedy" and rows[0][2] == ""
+    assert headers == ["strategy", "1x", "4x", "64x"] and rows[0][0] == "greedy" and rows[0][2] == ""
     png = plot_curves(result, tmp_path / "compute.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(LlmosError, match="pass@k"):
@@ -207,3 +212,4 @@ def test_llmos_eval_draws_the_compute_curves_and_names_bad_flags(model, tok, tmp
     bad = subprocess.run(llmos_cmd("eval", "--model", str(path), "--tasks", "skills:add", "--strategies", "ponder"),
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "choose among greedy" in bad.stderr and "Traceback" not in bad.stderr
+

@@ -37,7 +37,7 @@ import torch
 
 from llmos.common import LlmosError
 from llmos.infer.prefix_cache import PrefixCache
-from llmos.infer.sampling import SamplingParams, adjust_logits, distribution, sample
+from llmos.infer.sampling import SamplingParams, adjust_logits, distribution, draw, sample
 from llmos.infer.speculate import Draft
 from llmos.model import Transformer
 from llmos.tokenizer import Tokenizer
@@ -113,6 +113,13 @@ class Sequence:
         p = self.params
         return (p.greedy and not p.penalized and not p.logit_bias and not p.logprobs and not p.top_logprobs
                 and self.constraint is None)
+
+    @property
+    def plain_sampled(self) -> bool:
+        """Sampled from its logits as they are: rows that share its settings draw as one batch."""
+        p = self.params
+        return (not p.greedy and not p.penalized and not p.logit_bias and self.constraint is None
+                and self.rejected is None)
 
     @property
     def speculable(self) -> bool:
@@ -266,11 +273,7 @@ class Engine:
         if not self.running:
             return
         self.decode_steps += 1
-        # Plain greedy rows (most of a server's and every eval's) take one argmax over the batch.
-        plain = any(seq.plain_greedy for seq in self.running)
-        argmax = self.next_logits[:len(self.running)].argmax(-1).tolist() if plain else None
-        tokens = [self._sample_row(row, seq, argmax[row] if plain and seq.plain_greedy else None)
-                  for row, seq in enumerate(self.running)]
+        tokens = self._sample_all()
         row = 0
         while row < len(self.running):
             if self.running[row].finished:
@@ -491,43 +494,74 @@ class Engine:
                     self.next_logits[row] = out[0, -1]
                     seq.cached.extend(piece)
 
-    def _sample_row(self, row: int, seq: Sequence, greedy_token: int | None) -> int | None:
+    def _sample_all(self) -> list[int | None]:
+        """Every running row's next token (None: it finished; HOLD: it waits for a tool). Plain greedy
+        rows (most of a server's and every eval's) take one argmax over the batch; plain sampled rows
+        that share temperature, top-k and top-p (k samples of one prompt) one batched distribution
+        and draw; the rest (penalties, a constraint, a rejected draft) are sampled one by one."""
+        tokens: list[int | None] = [None] * len(self.running)
+        greedy, batched = [], {}
+        for row, seq in enumerate(self.running):
+            if not self._ready(seq):
+                tokens[row] = HOLD if seq.pending_tool is not None and not seq.finished else None
+            elif seq.plain_greedy:
+                greedy.append(row)
+            elif seq.plain_sampled:
+                p = seq.params
+                batched.setdefault((p.temperature, p.top_k, p.top_p, p.logprobs, p.top_logprobs), []).append(row)
+            else:
+                tokens[row] = self._sample_row(row, seq)
+        if greedy:
+            for row, token in zip(greedy, self.next_logits[greedy].argmax(-1).tolist()):
+                tokens[row] = self._accept(row, self.running[row], token, None)
+        for rows in batched.values():
+            seqs = [self.running[row] for row in rows]
+            logits = self.next_logits[rows]
+            drawn = draw(distribution(logits, seqs[0].params), [seq.generator for seq in seqs])
+            logprobs = logits.float().log_softmax(-1) if seqs[0].params.logprobs or seqs[0].params.top_logprobs \
+                else None
+            for i, (row, seq, token) in enumerate(zip(rows, seqs, drawn)):
+                tokens[row] = self._accept(row, seq, token,
+                                           self._logprob(logprobs[i], token, seq.params) if logprobs is not None else None)
+        return tokens
+
+    def _ready(self, seq: Sequence) -> bool:
+        """Whether a row samples this step: not finished, cancelled, past its deadline or holding."""
         if seq.finished:
-            return None
+            return False
         if seq._cancelled:
             seq._finish("cancelled")
-            return None
+            return False
         if seq.deadline is not None and time.monotonic() > seq.deadline:
             seq._finish("timeout")
-            return None
-        if seq.pending_tool is not None:
-            return HOLD
-        params = seq.params
-        logprob = None
-        if greedy_token is not None:
-            token = greedy_token
-        else:
-            logits = adjust_logits(self.next_logits[row], params, seq.counts)
-            if params.logprobs or params.top_logprobs:
-                logprobs = logits.log_softmax(-1)
-            if seq.constraint is not None:
-                logits = logits.masked_fill(~seq.constraint.allowed(self.vocab_size), float("-inf"))
-            token = sample(logits, params, seq.generator, rejected=seq.rejected)
-            seq.rejected = None
-        if params.logprobs or params.top_logprobs:
-            top = torch.topk(logprobs, params.top_logprobs) if params.top_logprobs else None
-            logprob = TokenLogprob(token, float(logprobs[token]),
-                                   list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [])
-        self._accept(row, seq, token, logprob)
-        return None if seq.finished else token
+            return False
+        return seq.pending_tool is None
 
-    def _accept(self, row: int, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
-        """Append a generated token to `seq`, finishing it on a stop id, a stop string or its limits."""
+    @staticmethod
+    def _logprob(logprobs: torch.Tensor, token: int, params: SamplingParams) -> TokenLogprob:
+        top = torch.topk(logprobs, params.top_logprobs) if params.top_logprobs else None
+        return TokenLogprob(token, float(logprobs[token]),
+                            list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else [])
+
+    def _sample_row(self, row: int, seq: Sequence) -> int | None:
+        """One row alone: penalties, logit_bias, a constraint or a rejected draft reshape its logits."""
+        params = seq.params
+        logits = adjust_logits(self.next_logits[row], params, seq.counts)
+        logprobs = logits.float().log_softmax(-1) if params.logprobs or params.top_logprobs else None
+        if seq.constraint is not None:
+            logits = logits.masked_fill(~seq.constraint.allowed(self.vocab_size), float("-inf"))
+        token = sample(logits, params, seq.generator, rejected=seq.rejected)
+        seq.rejected = None
+        return self._accept(row, seq, token, self._logprob(logprobs, token, params) if logprobs is not None else None)
+
+    def _accept(self, row: int, seq: Sequence, token: int, logprob: TokenLogprob | None) -> int | None:
+        """Append a generated token to `seq`, finishing it on a stop id, a stop string or its limits;
+        the token to feed next, or None when the row finished."""
         params = seq.params
         if token in params.stop_ids:
             seq.stop_logprob = logprob
             seq._finish("stop", token)
-            return
+            return None
         if seq.constraint is not None:
             seq.constraint.advance(token)
         seq._append(token, forced=False, logprob=logprob)
@@ -536,6 +570,7 @@ class Engine:
             seq._finish("length")
         if not seq.finished and seq.tool_use is not None and seq.tool_use.call_finished(seq):
             seq.pending_tool = seq.tool_use.start(seq)
+        return None if seq.finished else token
 
     def _release(self, row: int) -> None:
         """Free a finished row at once: the last row moves into its place."""

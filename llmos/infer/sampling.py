@@ -4,7 +4,8 @@
     params.check(context=model.cfg.max_seq_len)         # LlmosError naming the bad field
     logits = adjust_logits(raw, params, counts)          # penalties and logit_bias, as the model "sees" them
     token = sample(logits, params, generator)            # temperature -> top-k -> top-p; 0 is greedy
-    probs = distribution(logits, params)                 # what a sampled row draws from
+    probs = distribution(logits, params)                 # what a sampled row draws from; rows (R, V) too
+    tokens = draw(probs, generators)                     # one token per row, each from its own generator
 
 `generate`, `chat`, `eval`, the server and later RL rollouts and test-time strategies all build a
 SamplingParams. Penalties count only the tokens this reply generated, never the prompt (a reply may
@@ -23,6 +24,7 @@ import torch
 from llmos.common import LlmosError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's own limit
+NUCLEUS_PEEK = 256  # tokens looked at first for the top-p nucleus (see `nucleus`)
 
 
 @dataclass
@@ -115,17 +117,39 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, counts: torch.Te
 
 
 def distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The probabilities a sampled (not greedy) row draws from: temperature, then top-k, then top-p."""
-    logits = logits / params.temperature
+    """The probabilities a sampled (not greedy) row draws from: temperature, then top-k, then top-p.
+    `logits`: one row (V,) or rows (R, V) that share these params (one call for a whole batch)."""
+    logits = logits.float() / params.temperature
     if 0 < params.top_k < logits.size(-1):
-        kth = torch.topk(logits, params.top_k).values[-1]
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > params.top_p  # keep the smallest prefix that reaches top_p
-        logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return logits.float().softmax(dim=-1)
+    probs = logits.softmax(dim=-1)
+    return nucleus(probs, params.top_p) if params.top_p < 1 else probs
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of likeliest tokens whose probability reaches top_p, renormalized.
+    Sorting a whole vocabulary costs more than a small model's decode step, and the nucleus nearly
+    always lies among the likeliest few hundred tokens: look there first, and sort everything only
+    for rows where it does not (so the result is exact either way)."""
+    peek = min(NUCLEUS_PEEK, probs.size(-1))
+    top, order = torch.topk(probs, peek, dim=-1)  # descending
+    if peek < probs.size(-1) and bool((top.sum(-1) <= top_p).any()):
+        top, order = torch.sort(probs, dim=-1, descending=True)
+    drop = top.cumsum(dim=-1) - top > top_p  # keep while the mass before a token is within top_p
+    kept = torch.zeros_like(probs).scatter(-1, order, top.masked_fill(drop, 0.0))
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> list[int]:
+    """One token per row of `probs` (R, V), row i with generators[i] (None: torch's global one).
+    Each row takes one uniform number from its own generator and inverts its cumulative
+    distribution, so a seeded row draws the same tokens alone or batched with any others."""
+    u = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generators])
+    cdf = probs.cumsum(dim=-1)
+    # side="right": a zero-probability token has no interval of its own and is never drawn
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    return picked.clamp(max=probs.size(-1) - 1).tolist()
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
@@ -140,4 +164,4 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         residual = (probs - rejected).clamp(min=0)
         if residual.sum() > 0:  # zero only when p == q, where no draft token is ever rejected
             probs = residual
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return draw(probs[None], [generator])[0]

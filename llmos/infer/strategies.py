@@ -270,8 +270,10 @@ class Thinker:
         chats = conversations if name == "greedy" else [self.reasoning_messages(m) for m in conversations]
         prompts = [self.fmt.render_prompt(m) for m in chats]
         n = strategy.k if sampled else 1
+        # prompt j's samples take seeds seed + j*n ...: every problem of an eval draws its own chains
         jobs = [(p, self._params(strategy, not sampled, self._fit(p, strategy.max_tokens),
-                                 seed=strategy.seed if sampled else None, logprobs=sampled), n) for p in prompts]
+                                 seed=strategy.seed + j * n if sampled else None, logprobs=sampled), n)
+                for j, p in enumerate(prompts)]
         groups = self._decode(jobs)
         thoughts = []
         for group in groups:
