@@ -213,3 +213,81 @@ def test_llmos_eval_draws_the_compute_curves_and_names_bad_flags(model, tok, tmp
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "choose among greedy" in bad.stderr and "Traceback" not in bad.stderr
 
+
+# ----- through the API: reasoning_effort and best_of (llmos/serve/reasoning.py) -----
+
+@pytest.fixture(scope="module")
+def reasoning_server(model, tok, tmp_path_factory):
+    from serving import running_server
+    work = tmp_path_factory.mktemp("reasoning_server")
+    path = save_params(work / "m.llmos", model, tok, provenance={"name": "m"})
+    with running_server("--model", f"m={path}", log=work / "serve.log") as base:
+        yield base
+
+
+def post(base: str, **body):
+    import httpx
+    return httpx.post(base + "/v1/chat/completions", timeout=120,
+                      json={"model": "m", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 40, **body})
+
+
+def test_the_vote_is_settled_by_the_budget_rule_and_the_reply_split():
+    from llmos.serve.reasoning import ReasoningPlan, reasoning_plan, split_reply, streamed_reasoning
+
+    class Chain:
+        def __init__(self, text):
+            self.text, self.logprobs = text, []
+    plan = reasoning_plan("high", None, None, max_chains=16)
+    assert plan == ReasoningPlan(16, True, True, vote=True)
+    assert plan.done([Chain("x\nAnswer: 3")] * 4) and not plan.done([Chain("Answer: 3")] * 5 + [Chain("Answer: 7")])
+    assert reasoning_plan("low", None, None, 16) == ReasoningPlan(1, False, True, vote=False)
+    assert reasoning_plan(None, 2, 5, 16) == ReasoningPlan(5, True, False, vote=False, keep=2)
+    assert reasoning_plan(None, None, None, 16) is None
+    assert split_reply("Add one.\nSo seven.\nAnswer: 7") == ("Add one.\nSo seven.", "7")
+    assert split_reply("Just words.") == ("", "Just words.")
+    # while a chain runs, only complete lines before any "Answer:" line are shown as reasoning
+    assert streamed_reasoning("Add one.\nSo sev") == "Add one." and streamed_reasoning("Add.\nAnswer: 7\n") == "Add."
+
+
+def test_reasoning_effort_keeps_the_reasoning_apart_and_votes(reasoning_server):
+    low = post(reasoning_server, reasoning_effort="low").json()["choices"][0]["message"]
+    assert low == {"role": "assistant", "content": "3", "reasoning_content": "First add them up."}  # greedy's chain
+    high = post(reasoning_server, reasoning_effort="high", seed=0)
+    assert high.status_code == 200, high.text
+    reply = high.json()
+    message, used = reply["choices"][0]["message"], reply["usage"]
+    votes = message["llmos_votes"]
+    assert 4 <= sum(votes.values()) <= 16 and message["content"] == max(votes, key=votes.get)
+    chain = {"3": [WRONG.split("\n")[0]], "7": [r.split("\n")[0] for r in RIGHT]}[message["content"]]
+    assert message["reasoning_content"] in chain
+    assert used["completion_tokens"] >= 4 * 5 and 0 < used["completion_tokens_details"]["reasoning_tokens"] < \
+        used["completion_tokens"]
+
+
+def test_a_streamed_reasoning_reply_sends_reasoning_then_content(reasoning_server):
+    import httpx
+    with httpx.stream("POST", reasoning_server + "/v1/chat/completions", timeout=120, json={
+            "model": "m", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 40,
+            "reasoning_effort": "low", "stream": True, "stream_options": {"include_usage": True}}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "First add them up."
+    assert "".join(d.get("content", "") for d in deltas) == "3"
+    assert chunks[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+
+
+def test_best_of_returns_the_n_most_confident_chains(reasoning_server):
+    reply = post(reasoning_server, best_of=8, n=2, logprobs=True, seed=1).json()
+    choices = reply["choices"]
+    mean = [sum(t["logprob"] for t in c["logprobs"]["content"]) / len(c["logprobs"]["content"]) for c in choices]
+    assert len(choices) == 2 and mean[0] >= mean[1] and reply["usage"]["completion_tokens"] >= 8 * 5
+
+
+@pytest.mark.parametrize("body, named", [({"best_of": 2, "n": 3}, "best_of must be at least n"),
+                                         ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+                                         ({"reasoning_effort": "high", "n": 2}, "ask for best_of"),
+                                         ({"reasoning_effort": "low", "tools": [{"type": "function", "function": {
+                                             "name": "f", "parameters": {"type": "object"}}}]}, "cannot be combined")])
+def test_reasoning_requests_that_make_no_sense_get_a_400(reasoning_server, body, named):
+    bad = post(reasoning_server, **body)
+    assert bad.status_code == 400 and named in bad.json()["error"]["message"]

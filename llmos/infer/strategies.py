@@ -128,6 +128,14 @@ class Thought:
         return split_reasoning(self.reply)[0]
 
 
+def with_reasoning_prompt(messages: list[dict], native: bool) -> list[dict]:
+    """The messages with the reasoning instruction added to the last user turn, for imported models
+    (`native`: an llmos model, whose own data teaches worked replies ending in "Answer: X")."""
+    if native or not messages or messages[-1].get("role") != "user":
+        return messages
+    return [*messages[:-1], {**messages[-1], "content": (messages[-1]["content"] or "") + COT_PROMPT}]
+
+
 def split_reasoning(reply: str) -> tuple[str, str]:
     """(reasoning, final answer line): the reply up to its last "Answer:" line, and that line."""
     lines = reply.rstrip().splitlines()
@@ -198,10 +206,7 @@ class Thinker:
     # ----- prompts -----
 
     def reasoning_messages(self, messages: list[dict]) -> list[dict]:
-        """The messages with the reasoning instruction added to the last user turn (imported models)."""
-        if self.fmt.native or not messages or messages[-1].get("role") != "user":
-            return messages
-        return [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + COT_PROMPT}]
+        return with_reasoning_prompt(messages, self.fmt.native)
 
     def _params(self, strategy: Strategy, greedy: bool, max_tokens: int | None = None, **extra) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens or strategy.max_tokens,

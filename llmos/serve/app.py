@@ -18,6 +18,10 @@ gets the server's: they are offered in the system message, the engine runs each 
 (llmos/infer/tooluse.py), and the reply is held until the loop ends; its content is the final answer
 and the message carries `llmos_tool_calls` (each call, its result and its charts as base64 PNG).
 
+A chat request's `reasoning_effort` (minimal|low|medium|high), or `best_of` with `n`, runs a test-time
+strategy on the same engine (llmos/serve/reasoning.py): its chains are one group, a vote stops the
+rest once it is settled, and the reply carries `reasoning_content` apart from `content`.
+
 Every failure a client can cause is a 4xx with OpenAI's `{"error": {"message", "type", "param",
 "code"}}`: bad JSON or types (400), a prompt longer than the context (400, both lengths named), an
 unknown model (404), a missing or wrong key (401), a body over the limit (413), a full queue (429
@@ -35,7 +39,7 @@ import secrets
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -51,10 +55,12 @@ from llmos.chat import ChatFormat
 from llmos.common import LlmosError
 from llmos.infer.constrain import Constraint, schema_error
 from llmos.infer.engine import Sequence
+from llmos.infer.strategies import with_reasoning_prompt
 from llmos.infer.scheduler import QueueFull, Scheduler, ShuttingDown
 from llmos.infer.toolcalls import forced_call_schema, parse_tool_calls, stream_safe_length, validate_tools
 from llmos.infer.tooluse import ToolUse, final_answer, offer_tools
 from llmos.serve.protocol import ChatCompletionRequest, CompletionRequest, sampling_params
+from llmos.serve.reasoning import ReasoningPlan, reasoning_plan, split_reply, streamed_reasoning
 from llmos.tokenizer import Tokenizer
 
 STATIC = Path(__file__).parent / "static"
@@ -411,7 +417,8 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
 
     def submit(served: ServedModel, prompt: list[int], body, max_tokens: int | None, logprobs: bool,
                top_logprobs: int, stop_ids: list[int], constraint_schema: dict | None | bool,
-               loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, tools: ToolUse | None = None) -> list[Sequence]:
+               loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, tools: ToolUse | None = None,
+               n: int | None = None, overrides: dict | None = None) -> list[Sequence]:
         context = served.context
         if len(prompt) >= context:
             raise ApiError(400, f"the prompt has {len(prompt)} tokens but this model's context is {context} "
@@ -423,7 +430,9 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
                            code="context_length_exceeded")
         params = sampling_params(body, max_tokens or context - len(prompt), stop_ids, served.tok.vocab_size,
                                  logprobs, top_logprobs)
-        n = body.n or 1
+        if overrides:
+            params = replace(params, **overrides)
+        n = n or body.n or 1
         constraints = None
         if constraint_schema is not False:
             end = [served.fmt.end_of_turn_id] if served.fmt and served.fmt.end_of_turn_id is not None else stop_ids
@@ -501,6 +510,110 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
             if not all(s.finished for s in job.seqs):
                 job.served.scheduler.cancel(job.seqs)
 
+    async def reasoned_reply(served: ServedModel, body: ChatCompletionRequest, request: Request,
+                             plan: ReasoningPlan, messages: list[dict]):
+        """A reply by a test-time strategy: its chains drawn as one group, the choice made, the
+        reasoning kept apart (llmos/serve/reasoning.py)."""
+        prompt = wrap(lambda: served.fmt.render_prompt(messages), "messages")
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        seqs = wrap(lambda: submit(served, prompt, body, body.max_completion_tokens or body.max_tokens, True,
+                                   body.top_logprobs or 0 if body.logprobs else 0, served.fmt.stop_ids, False,
+                                   loop, queue, n=plan.chains, overrides=plan.sampling(body.temperature, body.top_p)),
+                    "messages")
+        job = Job(served, seqs, queue, len(prompt))
+        rid = request.state.request_id
+        base = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": served.name, "system_fingerprint": served.fingerprint}
+
+        def finished() -> list[Sequence]:
+            return [s for s in seqs if s.finish_reason in ("stop", "length")]
+
+        def ended() -> bool:
+            """Every chain done, or the vote settled (the rest are cancelled)."""
+            if all(s.finished for s in seqs):
+                return True
+            if plan.done(finished()):
+                served.scheduler.cancel([s for s in seqs if not s.finished])
+                return True
+            return False
+
+        def message(seq: Sequence, votes: dict, streamed: str = "") -> tuple[dict, str]:
+            """The choice's message (reasoning apart) and its content."""
+            text = served.visible(seq.text)
+            reasoning, content = split_reply(text)
+            if streamed and not reasoning.startswith(streamed):  # no "Answer:" line: what was shown stays reasoning
+                reasoning, content = streamed, text[len(streamed):].strip()
+            out: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+            if votes:
+                out["llmos_votes"] = votes
+            return out, content
+
+        def reasoned_usage(contents: list[str]) -> dict:
+            out = usage(job)
+            answer_tokens = sum(len(served.tok.encode(c)) for c in contents)
+            out["completion_tokens_details"] = {"reasoning_tokens": max(out["completion_tokens"] - answer_tokens, 0)}
+            return out
+
+        def lp(seq: Sequence) -> dict | None:
+            return chat_logprobs(served.tok, seq, 0, len(seq.tokens)) if body.logprobs else None
+
+        if body.stream:
+            async def events() -> AsyncIterator[str]:
+                streamed = ""
+                try:
+                    yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                    "logprobs": None, "finish_reason": None}]})
+                    while not ended():
+                        try:
+                            await asyncio.wait_for(queue.get(), timeout=0.5)
+                        except asyncio.TimeoutError:
+                            continue
+                        if plan.chains == 1:  # one chain: its reasoning streams as it is written
+                            shown = streamed_reasoning(served.visible(seqs[0].text))
+                            if len(shown) > len(streamed):
+                                yield sse({**base, "choices": [{"index": 0, "delta": {
+                                    "reasoning_content": shown[len(streamed):]}, "logprobs": None,
+                                    "finish_reason": None}]})
+                                streamed = shown
+                    chosen = plan.choose(finished())
+                    contents = []
+                    for i, (seq, votes) in enumerate(chosen):
+                        msg, content = message(seq, votes, streamed if plan.chains == 1 else "")
+                        contents.append(content)
+                        delta = {"reasoning_content": msg["reasoning_content"][len(streamed) if plan.chains == 1 else 0:],
+                                 "content": content, **({"llmos_votes": votes} if votes else {})}
+                        yield sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": lp(seq),
+                                                        "finish_reason": None}]})
+                        yield sse({**base, "choices": [{"index": i, "delta": {}, "logprobs": None,
+                                                        "finish_reason": finish_reason(seq)}]})
+                    if body.stream_options and body.stream_options.include_usage:
+                        yield sse({**base, "choices": [], "usage": reasoned_usage(contents)})
+                    yield "data: [DONE]\n\n"
+                finally:
+                    if not all(s.finished for s in seqs):
+                        served.scheduler.cancel(seqs)
+
+            return StreamingResponse(events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Request-Id": rid})
+
+        while not ended():
+            try:
+                await asyncio.wait_for(queue.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    served.scheduler.cancel(seqs)
+                    return Response(status_code=499)
+        latency.labels(served.name).observe(time.monotonic() - job.started)
+        choices, contents = [], []
+        for i, (seq, votes) in enumerate(plan.choose(finished())):
+            msg, content = message(seq, votes)
+            contents.append(content)
+            choices.append({"index": i, "message": msg, "finish_reason": finish_reason(seq), "logprobs": lp(seq)})
+        if not choices:
+            raise ApiError(504, "every chain was stopped before it finished (the request timed out)",
+                           code="timeout", kind="server_error")
+        return {**base, "object": "chat.completion", "choices": choices, "usage": reasoned_usage(contents)}
+
     # ----- routes -----
 
     @app.get("/health")
@@ -530,6 +643,16 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
             raise ApiError(400, f"the model {served.name!r} cannot chat: {served.fmt_error}; use /v1/completions",
                            param="model", code="no_chat_format")
         messages = [m.as_chat_message() for m in body.messages]
+        plan = wrap(lambda: reasoning_plan(body.reasoning_effort, body.n, body.best_of,
+                                           served.scheduler.engine.max_batch),
+                    "best_of" if body.best_of is not None else "reasoning_effort")
+        if plan is not None:
+            if body.tools or (body.response_format is not None and body.response_format.type != "text"):
+                raise ApiError(400, "reasoning_effort and best_of draw free-text chains: they cannot be combined "
+                                    "with tools or response_format", param="reasoning_effort")
+            if plan.reasoning_prompt:
+                messages = with_reasoning_prompt(messages, served.fmt.native)
+            return await reasoned_reply(served, body, request, plan, messages)
         tools = None
         if body.tools and body.tool_choice != "none":
             tools = wrap(lambda: validate_tools(body.tools), "tools")

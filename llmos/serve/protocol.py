@@ -5,7 +5,7 @@
 
 Bounds live in the field declarations, so a client (or schemathesis) reads them from the schema and
 the server refuses anything outside them with a 400 before any work. llmos extensions beside
-OpenAI's fields: `top_k` and `repetition_penalty`. Unknown fields are ignored, as OpenAI does.
+OpenAI's fields: `top_k` and `repetition_penalty`, and `best_of` in chat requests too. Unknown fields are ignored, as OpenAI does.
 """
 from __future__ import annotations
 
@@ -108,6 +108,8 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None  # llmos/serve/reasoning.py
+    best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None  # sample this many, return the n best
 
 
 class CompletionRequest(SamplingFields):
