@@ -5,6 +5,7 @@ whether a chain is right, which best-of-n's self-verifier reads. Budgets run on 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import replace
 
@@ -291,3 +292,47 @@ def test_best_of_returns_the_n_most_confident_chains(reasoning_server):
 def test_reasoning_requests_that_make_no_sense_get_a_400(reasoning_server, body, named):
     bad = post(reasoning_server, **body)
     assert bad.status_code == 400 and named in bad.json()["error"]["message"]
+
+
+# ----- the tree strategy (llmos/infer/tree.py) -----
+
+def test_steps_are_checked_by_the_program_not_taken_on_trust():
+    from llmos.infer.tree import Puzzle, State, expand
+    start = State.start(Puzzle((2, 3, 4), 24))
+    children = expand(start, "2 * 3 = 5 (left: 4 5)\n9 + 1 = 10\n4 / 0 = 0\nsome words\n3 x 4 = 12\n3 * 2 = 6")
+    assert [c.steps[-1] for c in children] == ["2 * 3 = 6 (left: 4 6)", "3 * 4 = 12 (left: 2 12)"]  # 3 * 2 merged
+    last = expand(expand(children[0], "4 * 6 = 24")[0], "")
+    assert last == [] and expand(children[0], "6 * 4 = 24")[0].solves(Puzzle((2, 3, 4), 24))
+    halves = expand(State.start(Puzzle((1, 2), 24)), "1 / 2 = 0.5")[0]
+    assert halves.numbers() == "1/2" and not halves.solves(Puzzle((1, 2), 24))
+
+
+def test_the_tree_keeps_the_state_the_model_values_and_solves(tok, monkeypatch):
+    import llmos.infer.tree as tree
+    from llmos.tools.calculator import evaluate
+    monkeypatch.setattr(tree, "PROPOSE", "Numbers: {numbers}")  # short prompts for a tiny model's context
+    monkeypatch.setattr(tree, "VALUE", "Can they reach the target?")
+    conversations = [
+        # the first step proposed leads nowhere; "9 + 1" uses a number the puzzle lacks; "2 * 3 = 5" is recomputed
+        chat("Numbers: 2 3 4", "Next steps:\n3 + 4 = 7 (left: 2 7)\n9 + 1 = 10 (left: 10)\n2 * 3 = 5 (left: 4 5)"),
+        chat("Numbers: 4 6", "Next steps:\n4 * 6 = 24 (left: 24)"),
+        chat("Numbers: 2 7", "Next steps:\n2 + 7 = 9 (left: 9)"),
+        chat("Can they reach the target?", "Target 24, numbers: 2 7 -> impossible"),
+        chat("Can they reach the target?", "Target 24, numbers: 4 6 -> sure")]
+    thinker = Thinker(memorizing_model(tok, conversations, steps=300, max_loss=0.05), tok)
+    puzzle = tree.Puzzle((2, 3, 4), 24)
+    # one state kept per depth: only the model's value picks "4 6" over the first-proposed "2 7"
+    thought = thinker.think_many([[{"role": "user", "content": "Make 24 from 2 3 4."}]],
+                                 Strategy("tree", k=1, proposals=1, max_tokens=48), puzzles=[puzzle])[0]
+    assert thought.reply.splitlines()[:2] == ["2 * 3 = 6 (left: 4 6)", "4 * 6 = 24 (left: 24)"]
+    assert evaluate(thought.answer) == "24" and sorted(int(n) for n in re.findall(r"\d+", thought.answer)) == [2, 3, 4]
+    assert thought.tokens > 0 and thought.stopped == "done"
+    with pytest.raises(LlmosError, match="puzzle"):
+        thinker.think_many([[{"role": "user", "content": "Hi"}]], Strategy("tree"))
+
+
+def test_llmos_think_tree_wants_numbers(model, tok, tmp_path):
+    path = save_params(tmp_path / "m.llmos", model, tok, provenance={"name": "m"})
+    bad = subprocess.run(llmos_cmd("think", "--model", str(path), "--strategy", "tree", "make twenty-four"),
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "two or more numbers" in bad.stderr and "Traceback" not in bad.stderr

@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "per byte (llmos/eval/loss.py)")
     mode.add_argument("--tasks", help="tools: held-out arithmetic and facts with and without the calculator and "
                                       "search (llmos/eval/tools.py); or a checked task (skills[:KINDS], gsm8k, "
-                                      "rg:NAME) with --strategies: accuracy against test-time compute "
+                                      "game24, rg:NAME) with --strategies: accuracy against test-time compute "
                                       "(llmos/eval/compute.py)")
     p.add_argument("--out", default="", help="write the scores (--data: and every reply) to this JSON file")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N", help=EVAL_SHARED["max_tokens"])

@@ -6,10 +6,12 @@
     llmos think --model RUN --strategy budget --budget 30s "..."                # anytime, stops when settled
     llmos think --model RUN --strategy force --budget 512tok --min-tokens 200 "..."
     llmos think --model RUN --strategy tools "What is 4821 * 377?"
+    llmos think --model smollm2-135m-instruct --strategy tree -k 5 "4 9 10 13"   # Game of 24 (--target N)
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 
@@ -22,9 +24,19 @@ def cmd_think(args):
         raise LlmosError("the question is empty: give it as the argument, or - to read it from stdin")
     budget = Budget.parse(args.budget) if args.budget else Budget()
     strategy = Strategy(args.strategy, k=args.k, temperature=args.temperature, max_tokens=args.max_tokens,
-                        verifier=args.verifier, budget=budget, min_tokens=args.min_tokens, seed=args.seed).check()
+                        verifier=args.verifier, budget=budget, min_tokens=args.min_tokens, seed=args.seed,
+                        proposals=args.proposals).check()
+    puzzle = None
+    if strategy.name == "tree":
+        from llmos.infer.tree import Puzzle
+        numbers = [int(n) for n in re.findall(r"\d+", question)]
+        if len(numbers) < 2:
+            raise LlmosError(f"the tree strategy solves number puzzles: give two or more numbers, e.g. \"4 9 10 13\" "
+                             f"(and --target, {args.target} now), not {question!r}")
+        puzzle = Puzzle(tuple(numbers), args.target)
     model, tok, info = load_model(args.model)
-    thought = Thinker(model, tok, info).think([{"role": "user", "content": question}], strategy)
+    thought = Thinker(model, tok, info).think_many([[{"role": "user", "content": question}]], strategy,
+                                                   puzzles=[puzzle] if puzzle else None)[0]
     if args.json:
         print(json.dumps({"answer": thought.answer, "reasoning_content": thought.reasoning, "reply": thought.reply,
                           "tokens": thought.tokens, "seconds": round(thought.seconds, 3), "samples": len(thought.samples),
@@ -51,12 +63,15 @@ def add_parsers(verbs, fmt) -> None:
     p.add_argument("question", help="the question (- reads it from stdin)")
     p.add_argument("--model", required=True, help="a run directory, params file or named model")
     p.add_argument("--strategy", default="greedy", choices=STRATEGIES, help="how to spend the compute")
-    p.add_argument("-k", type=int, default=8, help="samples (vote, best-of-n); the batch width (budget)")
+    p.add_argument("-k", type=int, default=8, help="samples (vote, best-of-n); the batch width (budget); "
+                                                   "states kept per depth (tree)")
     p.add_argument("--budget", default="", help="what budget/force may spend: 30s, 2m or 4096tok")
     p.add_argument("--verifier", default="logprob", help=f"best-of-n's scorer: {' | '.join(VERIFIERS[:2])} | rm:PATH")
     p.add_argument("--temperature", type=float, default=0.8, help="of the sampled chains")
     p.add_argument("--max-tokens", type=int, default=256, help="of one chain of thought")
     p.add_argument("--min-tokens", type=int, default=0, help="force: think at least this many tokens")
+    p.add_argument("--proposals", type=int, default=2, help="tree: proposal lists per state (1-4)")
+    p.add_argument("--target", type=int, default=24, help="tree: the number to reach from the question's numbers")
     p.add_argument("--seed", type=int, default=0, help="of the sampled chains (sample i uses seed + i)")
     p.add_argument("--json", action="store_true", help="print the answer, reasoning and compute as JSON")
     p.set_defaults(func=cmd_think)

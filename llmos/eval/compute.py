@@ -11,6 +11,8 @@ Each strategy at each compute level c (llmos/infer/strategies.py):
     best-of-n     the verifier's pick among c sampled chains (logprob, self or rm:PATH)
     pass@k        right when any of the c samples is right: it reads the gold answer, so it is an upper
                   bound on what a verifier could pick, and is drawn as its own line, never compared
+    tree          Tree of Thoughts with c states kept per depth (puzzle tasks: game24, rg:countdown,
+                  rg:puzzle24), run once per level
 
 The sampled strategies draw max(compute) chains per problem once, and level c reads the first c of
 them: c independent samples, so every level's accuracy comes from one draw. The token axis is the
@@ -30,12 +32,12 @@ from llmos.eval.tasks import Task
 from llmos.infer.strategies import Strategy, Thinker, best_scored, majority
 from llmos.train.rl import wilson
 
-CURVE_STRATEGIES = ("greedy", "cot", "vote", "best-of-n", "pass@k")
+CURVE_STRATEGIES = ("greedy", "cot", "vote", "best-of-n", "pass@k", "tree")
 
 
 @dataclass
 class ComputeArgs:
-    strategies: str = "greedy,vote,best-of-n,pass@k"  # comma-separated: greedy, cot, vote, best-of-n, pass@k
+    strategies: str = "greedy,vote,best-of-n,pass@k"  # comma-separated: greedy, cot, vote, best-of-n, pass@k, tree
     compute: str = "1,2,4,8,16"  # compute levels: samples per problem
     problems: int = 300  # held-out problems of the task
     temperature: float = 0.8  # of the sampled chains
@@ -85,15 +87,17 @@ def compute_curves(model, tok, info: dict, task: Task, args: ComputeArgs, clock=
         return Strategy(name, k=k, temperature=args.temperature, max_tokens=args.max_tokens,
                         verifier=args.verifier, seed=args.seed).check()
 
+    extract = task.extract
+    puzzles = [task.puzzle(p) for p in problems] if "tree" in names else None
     for name in [n for n in names if n in ("greedy", "cot")]:
-        thoughts = thinker.think_many(conversations, strategy(name))
+        thoughts = thinker.think_many(conversations, strategy(name), extract)
         right = [task.check(t.reply, p) for t, p in zip(thoughts, problems)]
         curves[name] = [_point(1, right, sum(t.tokens for t in thoughts) / len(thoughts))]
     sampled = [n for n in names if n in ("vote", "best-of-n", "pass@k")]
     if sampled:
         # One draw of max(levels) chains per problem, scored by the verifier, read level by level.
         verify = "best-of-n" in sampled and args.verifier != "logprob"
-        draw = thinker.think_many(conversations, strategy("best-of-n" if verify else "vote", max(levels)))
+        draw = thinker.think_many(conversations, strategy("best-of-n" if verify else "vote", max(levels)), extract)
         sample_right = [[task.check(r, p) for r in t.samples] for t, p in zip(draw, problems)]
         verifier_tokens = [(t.tokens - sum(t.sample_tokens)) / max(len(t.samples), 1) for t in draw]
         for name in sampled:
@@ -111,13 +115,20 @@ def compute_curves(model, tok, info: dict, task: Task, args: ComputeArgs, clock=
                 extra = [v * c for v in verifier_tokens] if name == "best-of-n" and verify else [0.0] * len(draw)
                 tokens = sum(sum(t.sample_tokens[:c]) + e for t, e in zip(draw, extra)) / len(draw)
                 curves[name].append(_point(c, right, tokens))
+    if "tree" in names:
+        curves["tree"] = []
+        for c in levels:
+            thoughts = thinker.think_many(conversations, strategy("tree", c), extract, puzzles=puzzles)
+            right = [task.check(t.reply, p) for t, p in zip(thoughts, problems)]
+            curves["tree"].append(_point(c, right, sum(t.tokens for t in thoughts) / len(thoughts)))
     if args.time_problems:
         timed = conversations[:args.time_problems]
         for name, points in curves.items():
             for point in points:
                 run_as = {"pass@k": "vote"}.get(name, name)  # pass@k's cost is drawing the samples
                 started = clock()
-                thinker.think_many(timed, strategy(run_as, point["compute"]))
+                thinker.think_many(timed, strategy(run_as, point["compute"]), extract,
+                                   puzzles=puzzles[:args.time_problems] if puzzles else None)
                 point["seconds"] = (clock() - started) / len(timed)
     return {"task": task.name, "problems": len(problems), "levels": levels, "temperature": args.temperature,
             "verifier": args.verifier, "curves": curves}

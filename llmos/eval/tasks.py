@@ -35,6 +35,7 @@ from pathlib import Path
 
 from llmos.common import LlmosError
 from llmos.data.conversations import ANSWER, extract_answer, skills
+from llmos.infer.tree import Puzzle
 
 GSM8K_DIR = Path(__file__).resolve().parent.parent / "data" / "gsm8k"
 GAME24_FILE = Path(__file__).resolve().parent.parent / "data" / "game24" / "puzzles.jsonl.gz"
@@ -100,6 +101,11 @@ class Task:
 
     def check(self, reply: str, problem: Problem) -> bool:
         return answers_match(self.extract(reply), problem.answer)
+
+    def puzzle(self, problem: Problem) -> Puzzle | None:
+        """The numbers and target of a puzzle solved in steps (the tree strategy's input); None when
+        the task's problems are not such puzzles."""
+        return None
 
 
 class SkillsTask(Task):
@@ -180,6 +186,9 @@ class Game24Task(Task):
                         "24, each number exactly once. Give the expression.", "24",
                         {"numbers": r["numbers"], "rank": r["rank"]}, instruct=True) for r in rows]
 
+    def puzzle(self, problem: Problem) -> Puzzle:
+        return Puzzle(tuple(problem.meta["numbers"]), 24)
+
     def check(self, reply: str, problem: Problem) -> bool:
         """The expression on the reply's "Answer:" line uses the puzzle's four numbers, each once, and only
         + - * / and parentheses, and is exactly 24 (an "= 24" after it is allowed)."""
@@ -222,6 +231,13 @@ class ReasoningGymTask(Task):
         self._datasets[id(dataset)] = dataset
         return [Problem(entry["question"], str(entry["answer"]), {"entry": entry, "dataset": id(dataset)},
                         instruct=True) for entry in dataset]
+
+    def puzzle(self, problem: Problem) -> Puzzle | None:
+        """countdown and puzzle24: their numbers, and the target (24 for puzzle24)."""
+        meta = problem.meta["entry"].get("metadata", {})
+        target = meta.get("target", 24 if self.generator == "puzzle24" else None)
+        numbers = meta.get("numbers")
+        return Puzzle(tuple(int(n) for n in numbers), int(target)) if numbers and target is not None else None
 
     def check(self, reply: str, problem: Problem) -> bool:
         found = final_answer(reply, numeric=True)

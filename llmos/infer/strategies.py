@@ -31,6 +31,9 @@ many prompts together.
                 `max_tokens` is cut off and "Answer:" is forced
     tools       greedy, with the calculator and the python sandbox running inside the reply
                 (llmos/infer/tooluse.py)
+    tree        Tree of Thoughts on puzzles solved in steps (Game of 24, countdown; llmos/infer/tree.py):
+                the model proposes next steps, the program keeps those it can check, the model values
+                each new state, and the best k of each depth go on (breadth-limited search)
 
 What the answer is: `extract(reply)` (a task's own extractor; by default the reply's "Answer: X" line,
 else its last number). The reasoning is the reply without that final line: the API's
@@ -51,9 +54,11 @@ from llmos.common import LlmosError
 from llmos.data.conversations import ANSWER
 from llmos.eval.tasks import final_answer, normalize_number
 from llmos.infer.engine import Engine, Sequence
+from llmos.infer.prefix_cache import PrefixCache
 from llmos.infer.sampling import SamplingParams
+from llmos.infer.tree import PROPOSAL_TOKENS, PROPOSE_START, VARIANTS, Puzzle, State, expand, propose_messages, value_messages
 
-STRATEGIES = ("greedy", "cot", "vote", "best-of-n", "budget", "force", "tools")
+STRATEGIES = ("greedy", "cot", "vote", "best-of-n", "budget", "force", "tools", "tree")
 VERIFIERS = ("logprob", "self", "gold", "rm:PATH")
 COT_PROMPT = f'\n\nThink step by step, then end with a line "{ANSWER}X", where X is the final answer.'
 VERIFY_PROMPT = "Is that final answer right? Reply with yes or no."
@@ -94,6 +99,7 @@ class Strategy:
     budget: Budget = field(default_factory=Budget)  # budget: what it may spend; force: max tokens
     min_tokens: int = 0  # force: think at least this long
     max_waits: int = 4  # force: at most this many "Wait," extensions
+    proposals: int = 2  # tree: proposal lists per state, each prompt's example in another order
     seed: int = 0
 
     def check(self) -> "Strategy":
@@ -101,6 +107,8 @@ class Strategy:
             raise LlmosError(f"unknown strategy {self.name!r}: choose among {', '.join(STRATEGIES)}")
         if not isinstance(self.k, int) or self.k < 1:
             raise LlmosError(f"k must be a whole number of samples of at least 1, not {self.k!r}")
+        if self.name == "tree" and not (isinstance(self.proposals, int) and 1 <= self.proposals <= VARIANTS):
+            raise LlmosError(f"proposals must be 1 to {VARIANTS} (the example orders), not {self.proposals!r}")
         if self.name == "best-of-n" and self.verifier not in VERIFIERS[:3] and not self.verifier.startswith("rm:"):
             raise LlmosError(f"unknown verifier {self.verifier!r}: choose among {', '.join(VERIFIERS)}")
         if self.name == "budget" and not self.budget:
@@ -202,6 +210,8 @@ class Thinker:
         self.max_batch = max_batch
         self.toolbox = toolbox  # the tools strategy's (calculator and python when None)
         self._reward_models: dict = {}
+        # The tree's proposal and value prompts, and the self-check's, share a long start: prefill it once.
+        self.prefix_cache = PrefixCache(max_bytes=256 << 20)
 
     # ----- prompts -----
 
@@ -224,7 +234,7 @@ class Thinker:
     # ----- decoding -----
 
     def _engine(self, rows: int) -> Engine:
-        return Engine(self.model, self.tok, max_batch=max(1, min(self.max_batch, rows)))
+        return Engine(self.model, self.tok, max_batch=max(1, min(self.max_batch, rows)), prefix_cache=self.prefix_cache)
 
     def _decode(self, jobs: list[tuple[list[int], SamplingParams, int]], tools=None) -> list[list[Sequence]]:
         """Each (prompt, params, n) job's n samples. Every group is queued at once and the engine admits
@@ -250,10 +260,15 @@ class Thinker:
 
     def think_many(self, conversations: list[list[dict]], strategy: Strategy,
                    extract: Callable[[str], str | None] = default_extract,
-                   checks: list[Callable[[str], bool]] | None = None) -> list[Thought]:
+                   checks: list[Callable[[str], bool]] | None = None,
+                   puzzles: list[Puzzle | None] | None = None) -> list[Thought]:
         """Every conversation's answer; sampled strategies decode all of them together. The seconds of
-        each Thought are the batch's wall time divided among its questions."""
+        each Thought are the batch's wall time divided among its questions. `puzzles`: each question's
+        numbers and target, which the tree strategy searches over."""
         strategy.check()
+        if strategy.name == "tree" and (puzzles is None or None in puzzles):
+            raise LlmosError("the tree strategy searches over steps of a puzzle: use a task that has them "
+                             "(game24, rg:countdown, rg:puzzle24), or `llmos think --strategy tree` with the numbers")
         if strategy.verifier == "gold" and strategy.name == "best-of-n" and checks is None:
             raise LlmosError("the gold verifier needs each problem's checker (it is pass@k): use a task")
         if strategy.name == "budget":
@@ -261,7 +276,8 @@ class Thinker:
         if strategy.name == "force":
             return [self._force(m, strategy, extract) for m in conversations]
         started = self.clock()
-        thoughts = self._batched(conversations, strategy, extract, checks)
+        thoughts = self._tree(puzzles, strategy) if strategy.name == "tree" else \
+            self._batched(conversations, strategy, extract, checks)
         share = (self.clock() - started) / max(len(conversations), 1)
         for t in thoughts:
             t.seconds = share
@@ -362,6 +378,62 @@ class Thinker:
             thoughts.append(Thought(extract(reply), seq.text, seq.generated, 0.0, [reply], [extract(reply)],
                                     tool_calls=seq.tool_calls))
         return thoughts
+
+    def _tree(self, puzzles: list[Puzzle], strategy: Strategy) -> list[Thought]:
+        """Breadth-limited search (k states per depth) for every puzzle at once: each depth's proposals
+        are one batched decode, and so are the values of the states they lead to."""
+        frontiers = [[State.start(p)] for p in puzzles]
+        solved: list[State | None] = [None] * len(puzzles)
+        tokens = [0] * len(puzzles)
+        for _ in range(max(len(p.numbers) for p in puzzles) - 1):
+            jobs, owners = [], []
+            for i, frontier in enumerate(frontiers):
+                for state in frontier if solved[i] is None else []:
+                    for variant in range(strategy.proposals):
+                        prompt = self.fmt.render_prompt(propose_messages(state, variant)) + self.tok.encode(PROPOSE_START)
+                        limit = self._fit(prompt, min(strategy.max_tokens, PROPOSAL_TOKENS))
+                        jobs.append((prompt, self._params(strategy, True, limit, stop=["\n\n"]), 1))
+                        owners.append((i, state))
+            if not jobs:
+                break
+            children: list[dict] = [{} for _ in puzzles]
+            for (seq,), (i, state) in zip(self._decode(jobs), owners):
+                tokens[i] += seq.generated
+                for child in expand(state, seq.text):
+                    children[i].setdefault(child.key, child)
+                    if child.solves(puzzles[i]) and solved[i] is None:
+                        solved[i] = child
+            open_states = [(i, c) for i, kids in enumerate(children) if solved[i] is None
+                           for c in kids.values() if len(c.values) > 1]
+            values = self._values(open_states, puzzles)
+            for i in range(len(puzzles)):
+                ranked = sorted(((v, c) for (j, c), v in zip(open_states, values) if j == i), key=lambda vc: -vc[0])
+                frontiers[i] = [c for _, c in ranked[:strategy.k]]
+                tokens[i] += sum(1 for j, _ in open_states if j == i)  # one generated token per valuation
+        thoughts = []
+        for i, puzzle in enumerate(puzzles):
+            best = solved[i] or (frontiers[i][0] if frontiers[i] else State.start(puzzle))
+            reply = best.reply()
+            thoughts.append(Thought(best.expression() if solved[i] else None, reply, tokens[i], 0.0, [reply],
+                                    stopped="done" if solved[i] else "budget"))
+        return thoughts
+
+    def _values(self, states: list[tuple[int, State]], puzzles: list[Puzzle]) -> list[float]:
+        """The model's value of each state: P(sure) + P(likely)/2 among its first-token choices."""
+        words = {w: self._first_ids((w, w.capitalize(), " " + w, " " + w.capitalize()))
+                 for w in ("sure", "likely", "impossible")}
+        jobs = []
+        for i, state in states:
+            messages, start = value_messages(state, puzzles[i])
+            jobs.append((self.fmt.render_prompt(messages) + self.tok.encode(start),
+                         SamplingParams(max_tokens=1, temperature=0, logprobs=True, top_logprobs=20), 1))
+        values = []
+        for (seq,) in self._decode(jobs):
+            top = dict(seq.logprobs[0].top) if seq.logprobs and seq.logprobs[0] is not None else {}
+            p = {w: sum(math.exp(top[t]) for t in ids if t in top) for w, ids in words.items()}
+            total = sum(p.values())
+            values.append((p["sure"] + p["likely"] / 2) / total if total > 0 else 0.0)
+        return values
 
     def _budget(self, messages: list[dict], strategy: Strategy, extract) -> Thought:
         """Anytime self-consistency under a budget (see the module docstring)."""
