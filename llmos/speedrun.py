@@ -38,6 +38,7 @@ import torch
 
 from llmos.common import LlmosError, llmos_home, read_json, write_json
 from llmos.eval.assistant import EvalArgs
+from llmos.eval.compute import ComputeArgs
 from llmos.eval.tools import ToolEvalArgs
 from llmos.perf import describe_machine, machine
 from llmos.report import markdown_table, write_report
@@ -48,8 +49,23 @@ from llmos.train.sft import SFTArgs, sft_train_config
 
 MARKER = ".llmos-speedrun"
 # Everything a speedrun writes in its directory: what --fresh may delete.
-OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "tools.json", "rl", "arena",
+OWNED = ("stages.json", "preset.json", "tokenizer.json", "base", "sft", "eval.json", "tools.json", "rl", "arena", "think",
          "report.md", "loss.png")
+
+
+@dataclass
+class ThinkStageArgs:
+    """The System 2 stage: a reward model trained on the final model's own right and wrong replies to
+    the task's train problems (`llmos prefs` + `llmos rm`, the body being that model), then accuracy
+    against test-time compute on its held-out problems (llmos/eval/compute.py), best-of-n scored by
+    that reward model."""
+    task: str = "skills:count,spell"
+    pairs: int = 1700  # preference pairs (its train split holds 3,348 distinct problems; a pair takes two)
+    samples: int = 8  # replies sampled per train problem for the pairs
+    rm_minutes: float = 2.5  # the reward model's training budget
+    rm_steps: int = 0  # a fixed step count instead (tests)
+    curves: ComputeArgs = field(default_factory=lambda: ComputeArgs(strategies="greedy,vote,best-of-n,pass@k",
+                                                                    compute="1,2,4,8,16", max_tokens=128))
 
 
 @dataclass
@@ -76,12 +92,14 @@ class Preset:
     # include the tool-use source for the model to have learned the calls.
     tool_eval: ToolEvalArgs | None = None
     tool_peers: tuple[str, ...] = ()
+    think: ThinkStageArgs | None = None  # the System 2 stage (after RL where there is one); None: no such stage
 
     @property
     def stage_names(self) -> list[str]:
         return [name for name, _ in STAGES
                 if (name not in ("rl", "arena") or self.rl_args is not None)
-                and (name != "tools" or self.tool_eval is not None)]
+                and (name != "tools" or self.tool_eval is not None)
+                and (name != "think" or self.think is not None)]
 
 
 PRESETS = {
@@ -122,7 +140,8 @@ PRESETS["cpu-full"] = replace(PRESETS["cpu"], minutes=90.0, rl_minutes=30.0,
                               rl_args=RLArgs(task="skills:mul,word_mul", group=16, prompts_per_step=4, max_tokens=96,
                                              kl_coef=0.02),
                               rl=rl_train_config(lr=1e-4, eval_every=100, ckpt_every=100),
-                              tail_s={**PRESETS["cpu"].tail_s, "tools": 420.0, "arena": 150.0})
+                              think=ThinkStageArgs(),
+                              tail_s={**PRESETS["cpu"].tail_s, "tools": 420.0, "arena": 150.0, "think": 330.0})
 # The tiny preset with a context of 128: the README test's stand-in for `make demo`, whose later
 # commands (preference pairs, DPO) need room for a worked skills reply (up to ~90 tokens at vocab 512).
 PRESETS["tiny-128"] = replace(PRESETS["tiny"], train=replace(PRESETS["tiny"].train, seq_len=128),
@@ -133,7 +152,11 @@ PRESETS["tiny-full"] = replace(PRESETS["tiny"], rl_args=RLArgs(task="skills:add"
                                sft_args=replace(PRESETS["tiny"].sft_args,
                                                 sources="chitchat,identity,skills,wiki-qa,tool-use"),
                                tool_eval=ToolEvalArgs(arithmetic=6, facts=4, max_tokens=8),
-                               rl=rl_train_config(steps=4, eval_every=4, ckpt_every=2, sample_every=4))
+                               rl=rl_train_config(steps=4, eval_every=4, ckpt_every=2, sample_every=4),
+                               think=ThinkStageArgs(task="skills:add", pairs=40, samples=4, rm_steps=4,
+                                                    curves=ComputeArgs(strategies="greedy,vote,best-of-n,pass@k",
+                                                                       compute="1,2", problems=8, max_tokens=8,
+                                                                       time_problems=2)))
 
 
 @dataclass
@@ -266,6 +289,39 @@ def stage_arena(ctx: Context) -> dict:
     return {"ranking": [{k: r[k] for k in ("name", "rating", "low", "high", "accuracy")} for r in result["models"]]}
 
 
+def stage_think(ctx: Context) -> dict:
+    """Accuracy against test-time compute for the final model, best-of-n scored by a reward model
+    trained on its own replies (ThinkStageArgs)."""
+    from llmos.data.prefs import PrefsArgs, build_pairs
+    from llmos.eval.compute import compute_curves, plot_curves
+    from llmos.eval.tasks import get_task
+    from llmos.load import load_model
+    from llmos.train.reward import RMArgs, rm, rm_train_config
+    args, out = ctx.preset.think, ctx.run_dir / "think"
+    model_dir = ctx.run_dir / ("rl" if ctx.preset.rl_args is not None else "sft")
+    curves_args = args.curves
+    if not (out / "pairs" / "manifest.json").is_file():
+        build_pairs(PrefsArgs(model=str(model_dir), out=str(out / "pairs"), sources="task", task=args.task,
+                              per_source=args.pairs, eval_fraction=0.05, samples=args.samples,
+                              temperature=curves_args.temperature, max_tokens=curves_args.max_tokens))
+    if not (out / "rm" / "rm.json").is_file():
+        trained = rm(RMArgs(model=str(model_dir), pairs=str(out / "pairs"), out=str(out / "rm")),
+                     rm_train_config(steps=args.rm_steps, minutes=0.0 if args.rm_steps else args.rm_minutes))
+        if trained["interrupted"]:
+            raise LlmosError("the reward model's training was interrupted: run the speedrun again")
+    rm_result = read_json(out / "rm" / "rm.json", "the reward model's results")
+    model, tok, info = load_model(model_dir)
+    result = compute_curves(model, tok, info, get_task(args.task),
+                            replace(curves_args, verifier=f"rm:{out / 'rm'}"))
+    result["model"], result["reward_model"] = model_dir.name, {k: rm_result["after"]["heldout"][k]
+                                                               for k in ("accuracy", "low", "high", "pairs")}
+    write_json(out / "compute.json", result)
+    plot_curves(result, out / "compute.png")
+    return {"task": args.task, "model": model_dir.name, "reward_model": result["reward_model"],
+            "curves": {name: [{k: p[k] for k in ("compute", "accuracy", "low", "high", "tokens", "seconds")}
+                              for p in points] for name, points in result["curves"].items()}}
+
+
 def stage_report(ctx: Context) -> dict:
     base = ctx.run_dir / "base"
     config = read_json(base / "config.json", "the base model's config")
@@ -298,6 +354,7 @@ def stage_report(ctx: Context) -> dict:
         ("Assistant (SFT)", sft_section(ctx)),
         *([("Tools", tools_section(ctx))] if "tools" in ctx.status else []),
         *([("RL on verifiable rewards", rl_section(ctx))] if "rl" in ctx.status else []),
+        *([("System 2: accuracy against test-time compute", think_section(ctx))] if "think" in ctx.status else []),
     ]
     write_report(ctx.run_dir / "report.md", f"llmos speedrun ({ctx.preset_name})", sections)
     shutil.copy(base / "loss.png", ctx.run_dir / "loss.png")
@@ -382,6 +439,20 @@ def rl_section(ctx: Context) -> str:
             + ("\n\n" + arena_section(ctx) if "arena" in ctx.status else ""))
 
 
+def think_section(ctx: Context) -> str:
+    from llmos.eval.compute import curves_table
+    done, result = ctx.done("think"), read_json(ctx.run_dir / "think" / "compute.json", "the think stage's curves")
+    rm = done["reward_model"]
+    headers, rows = curves_table(result)
+    return (f"The {done['model'].upper()} model on **{done['task']}**, {result['problems']} held-out problems "
+            f"(llmos/eval/compute.py; 95% Wilson intervals, mean generated tokens per problem in brackets). "
+            f"Columns are samples per problem: `vote` is their majority, `best-of-n` the one a reward model "
+            f"scores highest, trained for this stage on the model's own right and wrong replies to the task's "
+            f"train problems (held-out pair accuracy {rm['accuracy']:.1%} [{rm['low']:.1%}, {rm['high']:.1%}] "
+            f"of {rm['pairs']}); `pass@k` reads the gold answer and bounds what any verifier could pick.\n\n"
+            + markdown_table(headers, rows) + "\n\n![accuracy against compute](think/compute.png)")
+
+
 def arena_section(ctx: Context) -> str:
     from llmos.arena import ratings_table
     table = ratings_table(read_json(ctx.run_dir / "arena" / "arena.json", "the arena's results"))
@@ -400,6 +471,7 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("tools", stage_tools),
     ("rl", stage_rl),
     ("arena", stage_arena),
+    ("think", stage_think),
     ("report", stage_report),
 ]
 

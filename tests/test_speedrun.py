@@ -72,7 +72,7 @@ def test_the_full_preset_continues_sft_with_rl_and_reports_before_and_after(wiki
                                     "--out", str(run)), env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     stages = json.loads((run / "stages.json").read_text())
-    assert list(stages)[-5:] == ["eval", "tools", "rl", "arena", "report"] and stages["rl"]["steps"] == 4
+    assert list(stages)[-6:] == ["eval", "tools", "rl", "arena", "think", "report"] and stages["rl"]["steps"] == 4
     mixture = json.loads((run / "sft" / "data" / "manifest.json").read_text())
     assert mixture["sources"]["tool-use"]["train"] > 0 and not mixture.get("failed")
     tools = stages["tools"]["models"]["sft"]
@@ -88,3 +88,10 @@ def test_the_full_preset_continues_sft_with_rl_and_reports_before_and_after(wiki
     assert (run / "rl" / "rewards.png").is_file()
     assert {r["name"] for r in stages["arena"]["ranking"]} == {"base", "sft", "rl"}
     assert "| base |" in section and "![arena](arena/leaderboard.png)" in section
+    # System 2: a reward model trained on the RL model's own replies scores best-of-n; every curve is drawn
+    think = json.loads((run / "think" / "compute.json").read_text())
+    assert think["model"] == "rl" and think["verifier"] == f"rm:{run / 'think' / 'rm'}"
+    assert list(think["curves"]) == ["greedy", "vote", "best-of-n", "pass@k"] and think["problems"] == 8
+    assert [p["compute"] for p in think["curves"]["best-of-n"]] == [1, 2] and (run / "think" / "compute.png").is_file()
+    section = report.split("## System 2: accuracy against test-time compute", 1)[1]
+    assert "**skills:add**" in section and "| best-of-n |" in section and "![accuracy against compute](think/compute.png)" in section

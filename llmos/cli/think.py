@@ -25,7 +25,7 @@ def cmd_think(args):
     budget = Budget.parse(args.budget) if args.budget else Budget()
     strategy = Strategy(args.strategy, k=args.k, temperature=args.temperature, max_tokens=args.max_tokens,
                         verifier=args.verifier, budget=budget, min_tokens=args.min_tokens, seed=args.seed,
-                        proposals=args.proposals).check()
+                        proposals=args.proposals, prompt=args.prompt).check()
     puzzle = None
     if strategy.name == "tree":
         from llmos.infer.tree import Puzzle
@@ -57,7 +57,7 @@ def cmd_think(args):
 
 
 def add_parsers(verbs, fmt) -> None:
-    from llmos.infer.strategies import STRATEGIES, VERIFIERS
+    from llmos.infer.strategies import PROMPTS, STRATEGIES, VERIFIERS
     p = verbs.add_parser("think", help="answer a question with more thinking: vote, best-of-n, a budget, tools",
                          formatter_class=fmt)
     p.add_argument("question", help="the question (- reads it from stdin)")
@@ -70,6 +70,8 @@ def add_parsers(verbs, fmt) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="of the sampled chains")
     p.add_argument("--max-tokens", type=int, default=256, help="of one chain of thought")
     p.add_argument("--min-tokens", type=int, default=0, help="force: think at least this many tokens")
+    p.add_argument("--prompt", default="reasoning", choices=PROMPTS,
+                   help="sampled chains: the reasoning prompt (imported models) or the question as asked")
     p.add_argument("--proposals", type=int, default=2, help="tree: proposal lists per state (1-4)")
     p.add_argument("--target", type=int, default=24, help="tree: the number to reach from the question's numbers")
     p.add_argument("--seed", type=int, default=0, help="of the sampled chains (sample i uses seed + i)")

@@ -45,6 +45,7 @@ class ComputeArgs:
     verifier: str = "logprob"  # best-of-n's scorer: logprob | self | rm:PATH
     time_problems: int = 16  # problems each level is timed on (0: skip the seconds axis)
     seed: int = 0  # of the sampled chains, and of which problems are drawn
+    prompt: str = "reasoning"  # of sampled chains: reasoning (the reasoning prompt, imported models) | asked
 
 
 def parse_levels(text: str) -> list[int]:
@@ -85,7 +86,7 @@ def compute_curves(model, tok, info: dict, task: Task, args: ComputeArgs, clock=
 
     def strategy(name: str, k: int = 1) -> Strategy:
         return Strategy(name, k=k, temperature=args.temperature, max_tokens=args.max_tokens,
-                        verifier=args.verifier, seed=args.seed).check()
+                        verifier=args.verifier, seed=args.seed, prompt=args.prompt).check()
 
     extract = task.extract
     puzzles = [task.puzzle(p) for p in problems] if "tree" in names else None

@@ -60,6 +60,7 @@ from llmos.infer.tree import PROPOSAL_TOKENS, PROPOSE_START, VARIANTS, Puzzle, S
 
 STRATEGIES = ("greedy", "cot", "vote", "best-of-n", "budget", "force", "tools", "tree")
 VERIFIERS = ("logprob", "self", "gold", "rm:PATH")
+PROMPTS = ("reasoning", "asked")
 COT_PROMPT = f'\n\nThink step by step, then end with a line "{ANSWER}X", where X is the final answer.'
 VERIFY_PROMPT = "Is that final answer right? Reply with yes or no."
 WAIT = " Wait,"
@@ -100,6 +101,9 @@ class Strategy:
     min_tokens: int = 0  # force: think at least this long
     max_waits: int = 4  # force: at most this many "Wait," extensions
     proposals: int = 2  # tree: proposal lists per state, each prompt's example in another order
+    # "reasoning": sampled chains get the reasoning prompt (imported models); "asked": the question as
+    # asked, for a small model that answers worse when told to think step by step
+    prompt: str = "reasoning"
     seed: int = 0
 
     def check(self) -> "Strategy":
@@ -107,6 +111,8 @@ class Strategy:
             raise LlmosError(f"unknown strategy {self.name!r}: choose among {', '.join(STRATEGIES)}")
         if not isinstance(self.k, int) or self.k < 1:
             raise LlmosError(f"k must be a whole number of samples of at least 1, not {self.k!r}")
+        if self.prompt not in PROMPTS:
+            raise LlmosError(f"prompt must be one of {', '.join(PROMPTS)}, not {self.prompt!r}")
         if self.name == "tree" and not (isinstance(self.proposals, int) and 1 <= self.proposals <= VARIANTS):
             raise LlmosError(f"proposals must be 1 to {VARIANTS} (the example orders), not {self.proposals!r}")
         if self.name == "best-of-n" and self.verifier not in VERIFIERS[:3] and not self.verifier.startswith("rm:"):
@@ -288,7 +294,8 @@ class Thinker:
         if name == "tools":
             return self._tools(conversations, strategy, extract)
         sampled = name in ("vote", "best-of-n")
-        chats = conversations if name == "greedy" else [self.reasoning_messages(m) for m in conversations]
+        asked = name == "greedy" or strategy.prompt == "asked"
+        chats = conversations if asked else [self.reasoning_messages(m) for m in conversations]
         prompts = [self.fmt.render_prompt(m) for m in chats]
         n = strategy.k if sampled else 1
         # prompt j's samples take seeds seed + j*n ...: every problem of an eval draws its own chains
@@ -438,7 +445,7 @@ class Thinker:
     def _budget(self, messages: list[dict], strategy: Strategy, extract) -> Thought:
         """Anytime self-consistency under a budget (see the module docstring)."""
         budget, started = strategy.budget, self.clock()
-        prompt = self.fmt.render_prompt(self.reasoning_messages(messages))
+        prompt = self.fmt.render_prompt(messages if strategy.prompt == "asked" else self.reasoning_messages(messages))
         params = self._params(strategy, False, self._fit(prompt, strategy.max_tokens), logprobs=True)
         engine = self._engine(strategy.k)
         running: list[Sequence] = []
