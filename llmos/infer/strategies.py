@@ -412,11 +412,12 @@ class Thinker:
                         solved[i] = child
             open_states = [(i, c) for i, kids in enumerate(children) if solved[i] is None
                            for c in kids.values() if len(c.values) > 1]
-            values = self._values(open_states, puzzles)
-            for i in range(len(puzzles)):
-                ranked = sorted(((v, c) for (j, c), v in zip(open_states, values) if j == i), key=lambda vc: -vc[0])
-                frontiers[i] = [c for _, c in ranked[:strategy.k]]
-                tokens[i] += sum(1 for j, _ in open_states if j == i)  # one generated token per valuation
+            valued: list[list[tuple[float, State]]] = [[] for _ in puzzles]
+            for (i, state), value in zip(open_states, self._values(open_states, puzzles)):
+                valued[i].append((value, state))
+                tokens[i] += 1  # one generated token per valuation
+            for i, ranked in enumerate(valued):
+                frontiers[i] = [c for _, c in sorted(ranked, key=lambda vc: -vc[0])[:strategy.k]]
         thoughts = []
         for i, puzzle in enumerate(puzzles):
             best = solved[i] or (frontiers[i][0] if frontiers[i] else State.start(puzzle))
