@@ -448,10 +448,12 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         except ShuttingDown as e:
             raise ApiError(503, str(e), code="shutting_down", kind="server_error") from None
 
-    async def wait_all(job: Job, request: Request) -> None:
-        """Until every sequence finishes; a client that hangs up cancels them."""
+    async def wait_all(job: Job, request: Request, ended=None) -> None:
+        """Until every sequence finishes (or `ended()` says the rest are not needed); a client that
+        hangs up cancels them."""
         first = True
-        while not all(s.finished for s in job.seqs):
+        ended = ended or (lambda: all(s.finished for s in job.seqs))
+        while not ended():
             try:
                 await asyncio.wait_for(job.queue.get(), timeout=0.5)
             except asyncio.TimeoutError:
@@ -528,11 +530,17 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         def finished() -> list[Sequence]:
             return [s for s in seqs if s.finish_reason in ("stop", "length")]
 
+        counted = [-1]  # finished chains when the vote was last counted: recount only when that changes
+
         def ended() -> bool:
             """Every chain done, or the vote settled (the rest are cancelled)."""
             if all(s.finished for s in seqs):
                 return True
-            if plan.done(finished()):
+            done = finished()
+            if len(done) == counted[0]:
+                return False
+            counted[0] = len(done)
+            if plan.done(done):
                 served.scheduler.cancel([s for s in seqs if not s.finished])
                 return True
             return False
@@ -596,14 +604,7 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Request-Id": rid})
 
-        while not ended():
-            try:
-                await asyncio.wait_for(queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    served.scheduler.cancel(seqs)
-                    return Response(status_code=499)
-        latency.labels(served.name).observe(time.monotonic() - job.started)
+        await wait_all(job, request, ended)
         choices, contents = [], []
         for i, (seq, votes) in enumerate(plan.choose(finished())):
             msg, content = message(seq, votes)
