@@ -9,7 +9,7 @@ import pytest
 from llmos.cli import main
 from llmos.common import read_jsonl
 from llmos.data.labels import LabelStore, Side
-from llmos.data.prefs import (WRONG_IDENTITIES, PrefsArgs, build_pairs, cut_short, load_exchanges, pick_task_pair,
+from llmos.data.prefs import (WRONG_IDENTITIES, PrefsArgs, build_pairs, cut_short, load_exchanges, pick_task_pairs,
                               prompt_key)
 from llmos.eval.tasks import Problem, get_task
 from serving import tiny_chat_model
@@ -98,10 +98,16 @@ def test_same_seed_same_files_and_the_default_label_store_is_optional(model, tmp
 
 def test_task_pair_choice():
     rng = random.Random(0)
-    assert pick_task_pair(["7", "8", "9"], [False, True, False], "ref", rng)[::2] == ("8", "sample")
-    assert pick_task_pair(["7", "9"], [False, False], "ref", rng) in (("ref", "7", "reference"), ("ref", "9", "reference"))
-    assert pick_task_pair(["8", "8"], [True, True], "ref", rng) is None  # nothing wrong: no pair
-    assert pick_task_pair(["7"], [False], None, rng) is None  # nothing right at hand
+    (chosen, _, source), = pick_task_pairs(["7", "8", "9"], [False, True, False], "ref", rng)
+    assert (chosen, source) == ("8", "sample")
+    assert pick_task_pairs(["7", "9"], [False, False], "ref", rng)[0] in (("ref", "7", "reference"),
+                                                                          ("ref", "9", "reference"))
+    assert pick_task_pairs(["8", "8"], [True, True], "ref", rng) == []  # nothing wrong: no pair
+    assert pick_task_pairs(["7"], [False], None, rng) == []  # nothing right at hand (or --no-reference)
+    # Several pairs from one problem: distinct right-against-wrong combinations, never more than there are.
+    many = pick_task_pairs(["1", "2", "3", "4", "4"], [True, True, False, False, False], None, rng, count=10)
+    assert sorted(many) == [(c, r, "sample") for c in "12" for r in "34"]
+    assert len(set(pick_task_pairs(["1", "2", "3", "4"], [True, True, False, False], None, rng, count=3))) == 3
     assert cut_short("ab", rng) is None
     assert cut_short("one two three four", rng) in ("one", "one two")
 

@@ -20,7 +20,11 @@ places where a program knows the better answer (`--sources`, comma-separated):
                  picked at random, make the pair. Where none is right, the reference solution in the
                  model's answer format is chosen instead ("chosen_from": "reference": the skills'
                  worked reply, GSM8K's solution with its calculator notes removed, else "Answer: X");
-                 where all are right the problem gives no pair.
+                 where all are right the problem gives no pair. `--no-reference` skips the
+                 problems with no right sample, so that every pair sets two of the model's own
+                 replies apart (a reward model for best-of-n must rank samples, and a weak model's
+                 reference pairs teach it "the terse answer wins"); `--pairs-per-problem` lets one
+                 problem give several distinct right-against-wrong pairs.
     truncated    a complete reply against the same reply cut short, at a random word boundary in
                  its first half (the conversation sources' replies: `conversations`).
     off-topic    the reply to this prompt against the reply to another prompt of the same source.
@@ -87,6 +91,8 @@ class PrefsArgs:
     samples: int = 4  # task sources: replies sampled per problem
     temperature: float = 1.0  # task sources: sampling temperature
     max_tokens: int = 64  # task sources: reply length limit
+    pairs_per_problem: int = 1  # task sources: distinct right-against-wrong pairs one problem may give
+    reference: bool = True  # task sources: choose the reference where no sample is right (False: no pair)
     seed: int = 0  # problems, conversations, cuts and picks
 
 
@@ -116,17 +122,16 @@ def prompt_key(messages: list[dict]) -> str:
 # ----------------------------------------------------------------------------
 # Verifiable tasks: a right sample against a wrong one
 
-def pick_task_pair(replies: list[str], verdicts: list[bool], reference: str | None,
-                   rng: random.Random) -> tuple[str, str, str] | None:
-    """(chosen, rejected, chosen_from) from one problem's checked replies: a right one ("sample") or,
-    where none is right, the reference ("reference") against a wrong one; None where none is wrong
-    or nothing right is at hand."""
+def pick_task_pairs(replies: list[str], verdicts: list[bool], reference: str | None, rng: random.Random,
+                    count: int = 1) -> list[tuple[str, str, str]]:
+    """Up to `count` distinct (chosen, rejected, chosen_from) from one problem's checked replies: a right
+    one ("sample") against a wrong one or, where none is right, the reference ("reference") against a
+    wrong one; none where nothing is wrong or nothing right is at hand."""
     right = list(dict.fromkeys(r for r, ok in zip(replies, verdicts) if ok))
     wrong = list(dict.fromkeys(r for r, ok in zip(replies, verdicts) if not ok))
-    if not wrong or not (right or reference):
-        return None
-    rejected = rng.choice(wrong)
-    return (rng.choice(right), rejected, "sample") if right else (reference, rejected, "reference")
+    chosen, chosen_from = (right, "sample") if right else ([reference], "reference") if reference else ([], "")
+    combos = list(itertools.product(chosen, wrong))
+    return [(c, r, chosen_from) for c, r in rng.sample(combos, min(count, len(combos)))]
 
 
 def reference_reply(task, problem) -> str | None:
@@ -182,9 +187,9 @@ def task_pairs(model, fmt, task, split: str, n: int, args: PrefsArgs) -> tuple[l
             verdicts = [task.check(r, problem) for r in replies]
             right, total = right + sum(verdicts), total + len(verdicts)
             all_right += all(verdicts)
-            picked = pick_task_pair(replies, verdicts, reference_reply(task, problem), rng)
-            if picked and len(pairs) < n:
-                chosen, rejected, chosen_from = picked
+            reference = reference_reply(task, problem) if args.reference else None
+            for chosen, rejected, chosen_from in pick_task_pairs(replies, verdicts, reference, rng,
+                                                                 min(args.pairs_per_problem, n - len(pairs))):
                 pairs.append({"prompt": problem.messages, "chosen": chosen, "rejected": rejected, "source": source,
                               "chosen_from": chosen_from, "answer": problem.answer})
                 bar.update(1)
@@ -309,6 +314,8 @@ def check_args(args: PrefsArgs) -> None:
         raise LlmosError(f"--eval-fraction must be in [0, 1), not {args.eval_fraction}")
     if not 1 <= args.samples <= ENGINE_ROWS:
         raise LlmosError(f"--samples must be between 1 and {ENGINE_ROWS}, not {args.samples}")
+    if args.pairs_per_problem < 1:
+        raise LlmosError(f"--pairs-per-problem must be at least 1, not {args.pairs_per_problem}")
     if args.max_tokens < 1 or args.temperature < 0:
         raise LlmosError("--max-tokens must be at least 1 and --temperature at least 0")
 
@@ -403,8 +410,10 @@ def _build_source(name: str, task, sampler, exchanges: dict, label_db: Path, siz
         for split, n in sizes.items():
             got[split], stats[split] = task_pairs(*sampler, task, split, n, args)
         return got, {"how": f"{args.samples} replies per problem ({task.description}) sampled at temperature "
-                            f"{args.temperature:g}, at most {args.max_tokens} tokens, checked: a right one (else "
-                            "the reference solution) against a wrong one; train problems for train, eval for eval",
+                            f"{args.temperature:g}, at most {args.max_tokens} tokens, checked: a right one "
+                            f"{'(else the reference solution) ' if args.reference else '(none: no pair) '}against "
+                            f"a wrong one, at most {args.pairs_per_problem} per problem; train problems for "
+                            "train, eval for eval",
                      "task": task.name, "stats": stats}
     if name in ("truncated", "off-topic"):
         rng = random.Random(f"{args.seed}:{name}")
