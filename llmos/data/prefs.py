@@ -129,7 +129,10 @@ def pick_task_pairs(replies: list[str], verdicts: list[bool], reference: str | N
     wrong one; none where nothing is wrong or nothing right is at hand."""
     right = list(dict.fromkeys(r for r, ok in zip(replies, verdicts) if ok))
     wrong = list(dict.fromkeys(r for r, ok in zip(replies, verdicts) if not ok))
-    chosen, chosen_from = (right, "sample") if right else ([reference], "reference") if reference else ([], "")
+    if right:
+        chosen, chosen_from = right, "sample"
+    else:
+        chosen, chosen_from = [reference] if reference else [], "reference"
     combos = list(itertools.product(chosen, wrong))
     return [(c, r, chosen_from) for c, r in rng.sample(combos, min(count, len(combos)))]
 
@@ -187,7 +190,7 @@ def task_pairs(model, fmt, task, split: str, n: int, args: PrefsArgs) -> tuple[l
             verdicts = [task.check(r, problem) for r in replies]
             right, total = right + sum(verdicts), total + len(verdicts)
             all_right += all(verdicts)
-            reference = reference_reply(task, problem) if args.reference else None
+            reference = reference_reply(task, problem) if args.reference and not any(verdicts) else None
             for chosen, rejected, chosen_from in pick_task_pairs(replies, verdicts, reference, rng,
                                                                  min(args.pairs_per_problem, n - len(pairs))):
                 pairs.append({"prompt": problem.messages, "chosen": chosen, "rejected": rejected, "source": source,

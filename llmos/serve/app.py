@@ -530,16 +530,17 @@ def create_app(models: dict[str, ServedModel], config: ServerConfig = ServerConf
         def finished() -> list[Sequence]:
             return [s for s in seqs if s.finish_reason in ("stop", "length")]
 
-        counted = [-1]  # finished chains when the vote was last counted: recount only when that changes
+        counted = -1  # finished chains when the vote was last counted: recount only when that changes
 
         def ended() -> bool:
             """Every chain done, or the vote settled (the rest are cancelled)."""
+            nonlocal counted
             if all(s.finished for s in seqs):
                 return True
             done = finished()
-            if len(done) == counted[0]:
+            if len(done) == counted:
                 return False
-            counted[0] = len(done)
+            counted = len(done)
             if plan.done(done):
                 served.scheduler.cancel([s for s in seqs if not s.finished])
                 return True
