@@ -24,8 +24,9 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 # Programs some tests drive, as FILE:DEBIAN-PACKAGE (the browser test: chromium through chromedriver;
-# the python tool's sandbox: bubblewrap).
-SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/bwrap:bubblewrap
+# the python tool's sandbox: bubblewrap; the LLM OS peripherals: espeak-ng speaks, tesseract reads images).
+SYSTEM_DEPS := /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver /usr/bin/bwrap:bubblewrap \
+	/usr/bin/espeak-ng:espeak-ng /usr/bin/tesseract:tesseract-ocr
 
 # Installs the missing ones where it can (root with apt-get). Elsewhere, or when apt fails, it says
 # what is missing and lets the tests run: those that need a program skip, naming it, or fail under
