@@ -172,6 +172,13 @@ class ChatFormat:
             return self._native(messages, prompt=True)[0]
         return self.tok.hf.encode(self._text(messages, True), add_special_tokens=False).ids
 
+    def window_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of messages as they sit in a context window, whatever role comes last (what an
+        agent's window costs between turns)."""
+        if self.native:
+            return self._native(messages, prompt=False)[0]
+        return self.tok.hf.encode(self._text(messages, False), add_special_tokens=False).ids
+
     def tool_result_ids(self, result: str) -> list[int]:
         """The tokens forced after a tool call a reply just made: its assistant turn closes, the
         result follows as a tool message, and a new assistant turn opens, exactly as `render_prompt`

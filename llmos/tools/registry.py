@@ -40,6 +40,7 @@ class ToolResult:
     text: str
     images: list[bytes] = field(default_factory=list)  # PNG files the tool produced (charts)
     error: bool = False
+    provenance: str = ""  # where the text came from when not from the tool itself (the LLM OS marks it)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def register(*names: str):
 
 def _load_builtin() -> None:
     from llmos.tools import calculator, files, python_sandbox, search  # noqa: F401  (they register)
+    from llmos.agent import peripherals  # noqa: F401  (speak, read_image)
 
 
 def available() -> list[str]:
