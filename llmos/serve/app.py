@@ -122,6 +122,42 @@ def error_response(e: ApiError, request_id: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(e.message, e.kind, e.param, e.code), status_code=e.status, headers=headers)
 
 
+def install_error_handlers(app, log) -> None:
+    """The JSON error answers of a page's app (the labeling page, the LLM OS page): an ApiError as
+    itself, a request the schema refuses as a 400 naming the field, an unknown route as a 404, and
+    a bug as a 500 that asks to be reported (and is logged), never a traceback."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, e: ApiError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")) or None
+        if first.get("type") == "json_invalid":
+            message = "the request body is not valid JSON"
+        elif not where:
+            message = "the request body must be a JSON object, sent with Content-Type: application/json"
+        else:
+            message = f"{where}: {first.get('msg', 'invalid value')}"
+        return error_response(ApiError(400, message, param=where, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, e: StarletteHTTPException):
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        return error_response(ApiError(e.status_code, message, kind=kind))
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, e: Exception):
+        log.exception("internal error")
+        return error_response(ApiError(500, f"internal error ({type(e).__name__}): please report it",
+                                       kind="server_error"))
+
+
 class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes gets a 413 before the app reads it all."""
 

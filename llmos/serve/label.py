@@ -276,12 +276,10 @@ class EditBody(BaseModel):
 
 def create_label_app(store: LabelStore, maker: PairMaker):
     from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from llmos.serve.app import ApiError, BodyLimit, error_response
+    from llmos.serve.app import ApiError, BodyLimit, install_error_handlers
 
     @asynccontextmanager
     async def lifespan(app):
@@ -297,33 +295,7 @@ def create_label_app(store: LabelStore, maker: PairMaker):
                   description="Compare two answers to a prompt; the labels go to SQLite.")
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
-    @app.exception_handler(ApiError)
-    async def on_api_error(request: Request, e: ApiError):
-        return error_response(e)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")) or None
-        if first.get("type") == "json_invalid":
-            message = "the request body is not valid JSON"
-        elif not where:
-            message = "the request body must be a JSON object, sent with Content-Type: application/json"
-        else:
-            message = f"{where}: {first.get('msg', 'invalid value')}"
-        return error_response(ApiError(400, message, param=where, code="invalid_value"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, e: StarletteHTTPException):
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
-        return error_response(ApiError(e.status_code, message, kind=kind))
-
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, e: Exception):
-        log.exception("internal error")
-        return error_response(ApiError(500, f"internal error ({type(e).__name__}): please report it",
-                                       kind="server_error"))
+    install_error_handlers(app, log)
 
     def labeler_name(name) -> str:
         try:
