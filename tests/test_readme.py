@@ -52,7 +52,8 @@ def shrink(argv: list[str], corpus: Path) -> list[str]:
         argv[argv.index("--task") + 1] = "skills:add"
     small = {"prefs": ["--per-source", "12", "--max-tokens", "8", "--task", "skills:add"],
              "rl": ["--max-tokens", "8", "--eval-problems", "8", "--group", "2", "--prompts-per-step", "2"],
-             "arena": ["--prompts", "8", "--max-tokens", "8", "--bootstrap", "20"]}
+             "arena": ["--prompts", "8", "--max-tokens", "8", "--bootstrap", "20"],
+             "os-bench": ["--histories", "1"]}
     return argv + small.get(argv[1], []) if argv[0] == "llmos" and len(argv) > 1 else argv
 
 
@@ -87,12 +88,16 @@ def test_readme_commands_run_as_written(corpus_dir, smollm2_home, tmp_path):
                    "python": [sys.executable]}.get(argv[0], [argv[0]])
         chat_input = "Who are you?\n/exit\n" if argv[:2] == [".venv/bin/llmos", "chat"] or \
             (argv[:2] == ["llmos", "chat"] and "-p" not in argv) else None
+        if argv[:2] == ["llmos", "os"]:
+            chat_input = "My dog is called Rex.\n/inspect\n/quit\n"
         done = subprocess.run([*program, *argv[1:]], cwd=work, env=env, input=chat_input, capture_output=True,
                               text=True, timeout=900)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (command, done.stderr[-3000:])
         ran.append((command, done))
     outputs = {command.split("#")[0].strip(): done.stdout for command, done in ran}
     assert len(ran) == len(readme_commands()) - len(skipped_commands()) >= 15
+    assert "core:persona" in outputs["llmos os --model smollm2-135m-instruct --session demo"]  # /inspect ran
+    assert "| paging |" in outputs["llmos os-bench --model smollm2-135m-instruct --budget 1024 --histories 20"]
     demo_chat = outputs[".venv/bin/llmos chat --model ~/.cache/llmos/runs/speedrun-cpu"]
     assert demo_chat.startswith("you> ") and len(demo_chat) > len("you> you> ")  # it answered, then /exit
     assert outputs['llmos generate --model smollm2-135m-instruct --prompt "The capital of France is" --temperature 0'] \

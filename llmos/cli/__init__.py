@@ -21,6 +21,8 @@
     llmos index [FOLDER]                                the search tool's store (default: the Wikipedia leads)
     llmos mcp [--tools NAMES]                           the tools as an MCP server (stdio)
     llmos think --model M [--strategy vote -k 16] "..."  more thinking for a better answer (vote, best-of-n, budget)
+    llmos os --model M [--session NAME] [--web PORT]    the LLM OS: paged memory, tools, speech, OCR (terminal or web)
+    llmos os-bench --model M [--budget 1024]            the memory benchmark: paging against dropping old turns
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -82,8 +84,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens_help: str, tem
 
 
 # Verb groups that live in a module of their own (llmos/cli/GROUP.py, with add_parsers(verbs, fmt)):
-# the comparison and RLHF stages, the tools, and test-time thinking.
-VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools", "think")
+# the comparison and RLHF stages, the tools, test-time thinking and the LLM OS (agent.py).
+VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools", "think", "agent")
 GENERATE_TOKENS = 200  # `llmos generate`'s default length, when the context has room for it
 
 
