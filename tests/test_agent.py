@@ -302,3 +302,53 @@ def test_embedding_search_finds_a_paraphrase_that_shares_no_word(tmp_path):
     assert store.search("Which dog ruins footwear?") == []  # no word in common: bm25 finds nothing
     store.enable_embeddings()
     assert store.search("Which dog ruins footwear?", k=1)[0].text.startswith("My puppy Rex")
+
+
+def test_a_profile_is_checked_and_its_files_go_to_archival_memory_once(tmp_path, monkeypatch):
+    import argparse
+
+    from llmos.agent.profile import Profile
+    from llmos.cli.agent import build_kernel
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "syllabus.md").write_text("Week 3 covers photosynthesis.")
+    path = tmp_path / "shared" / "tutor.json"
+    Profile("tutor", system_prompt="You teach biology.", tools=["calculator"], files=["syllabus.md"],
+            folder=tmp_path / "shared").write(path)
+    args = argparse.Namespace(profile=str(path), tools="", session="kid", semantic=False, budget=2000, no_paging=False,
+                              summary="notes", workspace=".", index="", open_hosts="", allow="", audit_log="")
+    for _ in range(2):  # the second start resumes the session: the file is not archived twice
+        kernel = build_kernel(args, ScriptedModel(lambda m, t: "ok."))
+        assert sorted(kernel.toolbox.tools)[:2] == ["calculator", "core_memory_append"]
+        assert "You teach biology." in kernel._system()
+        kernel.store.close()
+    kernel = build_kernel(args, ScriptedModel(lambda m, t: "ok."))
+    hits = kernel.store.search("photosynthesis week", tiers=("archival",))
+    assert [(h.text, h.provenance) for h in hits] == [("Week 3 covers photosynthesis.", "document")]
+    for bad, message in (({"name": "x", "colour": "red"}, "unknown field"), ({"tools": ["a"]}, 'needs a "name"'),
+                         ({"name": "x", "budget": "big"}, '"budget" must be int'),
+                         ({"name": "x", "files": ["gone.md"]}, "names the file gone.md")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(LlmosError, match=message):
+            Profile.load(path)
+
+
+def test_subtasks_run_in_one_batch_each_in_its_own_context(tmp_path):
+    batches = []
+
+    class Batching(ScriptedModel):
+        def complete_many(self, jobs):
+            batches.append(len(jobs))
+            return super().complete_many(jobs)
+
+    def summarise(messages, tools):
+        words = [w for w in messages[-1]["content"].split() if not w.startswith("<") and "source=" not in w]
+        return f"summary of {words[-1]}"
+    model = Batching(summarise)
+    kernel = Kernel(model, MemoryStore(tmp_path / "p.sqlite"), KernelConfig(budget=2000))
+    kernel.toolbox.add(kernel.subtasks_tool())
+    results = kernel.run_subtasks(["doc one", "doc two", "doc three"], provenance="file")
+    assert batches == [3] and results == ["summary of one", "summary of two", "summary of three"]
+    assert all(len(seen) == 2 and seen[1]["content"].startswith('<untrusted source="file">') for seen in model.seen)
+    out = kernel.toolbox.call("subtasks", {"tasks": ["a b", "c d"]})
+    assert out.text == "1. summary of b\n2. summary of d" and kernel.counters["subtasks"] == 5
