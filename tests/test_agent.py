@@ -352,3 +352,32 @@ def test_subtasks_run_in_one_batch_each_in_its_own_context(tmp_path):
     assert all(len(seen) == 2 and seen[1]["content"].startswith('<untrusted source="file">') for seen in model.seen)
     out = kernel.toolbox.call("subtasks", {"tasks": ["a b", "c d"]})
     assert out.text == "1. summary of b\n2. summary of d" and kernel.counters["subtasks"] == 5
+
+
+def test_memory_sft_conversations_are_the_kernels_prompts_answered_and_share_nothing_with_the_benchmark(monkeypatch):
+    import llmos.data.conversations as conversations
+    from llmos.agent import membench
+    from llmos.data.memory import ABSTAIN as SFT_ABSTAIN
+    from llmos.data.memory import ATTRIBUTES as SFT_ATTRIBUTES
+    from llmos.data.memory import COUSINS, HORSES, conversations as memory_conversations
+    chats = [{"messages": [{"role": "user", "content": f"chat {i} {FILLER}"},
+                           {"role": "assistant", "content": FILLER}] * 3} for i in range(400)]
+    fake = conversations.ConvSource("chitchat", "MIT", "test", lambda split, seed, n=None: chats[:n])
+    monkeypatch.setitem(conversations.SOURCES, "chitchat", fake)
+    convs = memory_conversations("train", seed=0, n=60)
+    assert convs == memory_conversations("train", seed=0, n=60)  # deterministic
+    kinds = {"abstain": 0, "paged": 0}
+    for conv in convs:
+        *prompt, reply = conv["messages"]
+        assert prompt[0]["role"] == "system" and prompt[-1]["role"] == "user" and reply["role"] == "assistant"
+        if reply["content"] == SFT_ABSTAIN:
+            kinds["abstain"] += 1
+            continue
+        value = re.findall(r"\w+", reply["content"])[-1]  # the answer's value is somewhere in what the model sees
+        assert value in json.dumps(prompt)
+        kinds["paged"] += "Earlier, the user told you:" in prompt[-1]["content"]
+    assert 0 < kinds["abstain"] < 30 and kinds["paged"] > 10
+    bench_values = {v.lower() for a in membench.ATTRIBUTES for v in a.pool} | {n.lower() for n in membench.NAMES_ELDER}
+    sft_values = {v.lower() for *_, pool in SFT_ATTRIBUTES for v in pool} | {n.lower() for n in COUSINS + HORSES}
+    assert bench_values.isdisjoint(sft_values)
+    assert {a.ask for a in membench.ATTRIBUTES}.isdisjoint({ask for _, ask, _, _ in SFT_ATTRIBUTES})

