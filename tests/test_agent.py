@@ -210,6 +210,8 @@ def test_benchmark_paging_beats_dropping_with_a_model_that_reads(tmp_path):
     assert dropping["by_ability"]["single"]["accuracy"] == 0 and dropping["pages_in"] == 0
     assert paging["page_faults"] == dropping["page_faults"] == 4 * 7  # every answer was told out of the window
     assert paging["pages_out"] > 0 and 0 < report["chance"]["uniform_guess"] < 0.15
+    from llmos.agent.membench import plot
+    assert plot(report, tmp_path / "bench.png").stat().st_size > 0  # 0% and 100% bars draw (clamped bounds)
 
 
 def test_a_failed_turn_leaves_no_trace_and_can_be_retried(tmp_path):

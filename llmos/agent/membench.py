@@ -258,7 +258,9 @@ def plot(report: dict, png_path: str | Path) -> Path:
     for j, (name, mode) in enumerate(modes.items()):
         parts = [mode, *(mode["by_ability"][a] for a in abilities[1:])]
         acc = [p["accuracy"] for p in parts]
-        err = [[a - p["interval"][0] for a, p in zip(acc, parts)], [p["interval"][1] - a for a, p in zip(acc, parts)]]
+        # clamped: at 0% or 100% the interval's bound can sit a rounding error past the estimate
+        err = [[max(0.0, a - p["interval"][0]) for a, p in zip(acc, parts)],
+               [max(0.0, p["interval"][1] - a) for a, p in zip(acc, parts)]]
         ax.bar([i + (j - 0.5) * width for i in range(len(abilities))], acc, width, yerr=err, capsize=3, label=name)
     ax.axhline(report["chance"]["uniform_guess"], color="grey", ls=":", label="chance (uniform guess)")
     ax.set_xticks(range(len(abilities)), abilities)

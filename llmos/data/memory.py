@@ -56,7 +56,11 @@ HORSES = ["Ember", "Storm", "Clover", "Duke", "Maple", "Thunder", "Willow", "Com
 ACKS = ["Good to know!", "Thanks for telling me.", "Noted.", "Nice!", "Got it."]
 
 
-def conversations(split: str, seed: int, n: int | None = None) -> list[dict]:
+def conversations(split: str, seed: int, n: int | None = None, model=None, budgets: tuple[int, ...] = (350, 500, 650),
+                  reply_tokens: int = 48, summary_tokens: int = 64) -> list[dict]:
+    """`model` counts the window's tokens (an llmos/agent/models.py model; default: words), and the
+    budget of each history is drawn from `budgets`: windows from the newest exchange alone (a small
+    model whose tool list fills most of its window) to a few exchanges."""
     from llmos.data.conversations import SOURCES
     n = n or 2000
     rng = random.Random(f"memory-{split}-{seed}")
@@ -64,16 +68,14 @@ def conversations(split: str, seed: int, n: int | None = None) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory(prefix="llmos-memory-sft-") as folder:
         for i in range(n):
-            # Windows of several sizes (counted in words): from the newest exchange alone, as with a
-            # small model whose tool list fills most of its window, to a few exchanges.
-            config = KernelConfig(budget=rng.choice([350, 500, 650]), reply_tokens=48, summary_tokens=64)
-            out.append(_one(rng, chats, Path(folder) / f"{i}.sqlite", config))
+            config = KernelConfig(budget=rng.choice(budgets), reply_tokens=reply_tokens, summary_tokens=summary_tokens)
+            out.append(_one(rng, chats, Path(folder) / f"{i}.sqlite", config, model))
     return out
 
 
-def _one(rng: random.Random, chats: list[list[dict]], path: Path, config: KernelConfig) -> dict:
-    """One history, one question, the right reply, through a real kernel's paging."""
-    kernel = Kernel(ScriptedModel(lambda m, t: ""), MemoryStore(path), config)
+def _one(rng: random.Random, chats: list[list[dict]], path: Path, config: KernelConfig, model=None) -> dict:
+    """One history, one question, the right reply, through a real kernel's paging (nothing is generated)."""
+    kernel = Kernel(model or ScriptedModel(lambda m, t: ""), MemoryStore(path), config)
     attributes = rng.sample(ATTRIBUTES, 4)
     facts, questions = [], []
     for tell, ask, answer, pool in attributes[:2]:
@@ -107,3 +109,34 @@ def _mix(rng: random.Random, filler: list[tuple[str, str]], facts: list[str]) ->
     for fact in facts:
         out.insert(rng.randint(0, len(out)), (fact, rng.choice(ACKS)))
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m llmos.data.memory --model RUN --budget 256 --out mem.jsonl`: the conversations at one
+    model's window, counted by its tokenizer, as a --train-file for `llmos sft` (small contexts)."""
+    import argparse
+    import json
+
+    from llmos.agent.models import LocalModel
+    from llmos.common import atomic_write
+    p = argparse.ArgumentParser(prog="python -m llmos.data.memory", description=main.__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--budget", type=int, required=True)
+    p.add_argument("--reply-tokens", type=int, default=24)
+    p.add_argument("--summary-tokens", type=int, default=32)
+    p.add_argument("-n", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    model = LocalModel.load(args.model)
+    try:
+        convs = conversations("train", args.seed, args.n, model, (args.budget,), args.reply_tokens, args.summary_tokens)
+    finally:
+        model.close()
+    with atomic_write(args.out, "w") as f:
+        f.writelines(json.dumps({"messages": c["messages"]}) + "\n" for c in convs)
+    print(f"{len(convs)} conversations -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
