@@ -17,7 +17,7 @@
     llmos dpo --model SFT --pairs PAIRS                 direct preference optimization against a frozen reference
     llmos rl --model SFT --task skills                  RL on verifiable rewards (group-relative policy gradient)
     llmos arena --models A B C --task T --judge J       pairwise comparisons -> Bradley-Terry ratings
-    llmos tools [call NAME ARGS]                        the tools (calculator, python, search, files); run one
+    llmos tools [call NAME ARGS]                        the tools (calculator, python, search, files, speech, OCR); run one
     llmos index [FOLDER]                                the search tool's store (default: the Wikipedia leads)
     llmos mcp [--tools NAMES]                           the tools as an MCP server (stdio)
     llmos think --model M [--strategy vote -k 16] "..."  more thinking for a better answer (vote, best-of-n, budget)
@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
                       temperature=0.7, top_k=50)
     p.add_argument("--tools", default="", metavar="NAMES",
                    help="tools the model may call, comma-separated (calculator, python, search, open, read_file, "
-                        "list_files, write_file, or 'all'); side effects ask you first")
+                        "list_files, write_file, speak, read_image, or 'all'); side effects ask you first")
     from llmos.cli.tools import tool_config_args
     tool_config_args(p)
     p.set_defaults(func=cmd_chat)

@@ -92,7 +92,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="an origin the chat page may show images from (repeat; default: only this server)")
     p.add_argument("--tools", default="", metavar="NAMES",
                    help="tools the server runs in replies when a request brings none, comma-separated: "
-                        "calculator, python, search, open, read_file, list_files, write_file, or 'all'")
+                        "calculator, python, search, open, read_file, list_files, write_file, speak, read_image, or 'all'")
     p.add_argument("--max-tool-calls", type=int, default=4, help="tool calls per reply at most")
     p.add_argument("--mcp", action="append", default=[], metavar="COMMAND",
                    help="mount the tools of an MCP server started by this command (repeat for several)")
