@@ -93,17 +93,14 @@ class LocalModel:
     def complete_many(self, jobs: list[tuple[list[dict], list[dict], int]]) -> list[Reply]:
         """Generate every job at once: each is its own sequence in the engine's batch."""
         from llmos.infer.sampling import SamplingParams
-        done = threading.Event()
-        groups, pending = [], [len(jobs)]
-        lock = threading.Lock()
+        done, groups, remaining = threading.Event(), [], len(jobs)
 
         def finished(seq) -> None:
-            if seq.finished and not getattr(seq, "_counted", False):
-                seq._counted = True
-                with lock:
-                    pending[0] -= 1
-                    if pending[0] == 0:
-                        done.set()
+            nonlocal remaining
+            if seq.finished:  # the scheduler's one thread calls this, and never again for a finished sequence
+                remaining -= 1
+                if remaining == 0:
+                    done.set()
 
         for messages, tools, max_tokens in jobs:
             prompt = self._prompt(messages, tools)
