@@ -23,6 +23,7 @@
     llmos think --model M [--strategy vote -k 16] "..."  more thinking for a better answer (vote, best-of-n, budget)
     llmos os --model M [--session NAME] [--web PORT]    the LLM OS: paged memory, tools, speech, OCR (terminal or web)
     llmos os-bench --model M [--budget 1024]            the memory benchmark: paging against dropping old turns
+    llmos redteam --target M|URL --suite jailbreak      attacks, judged: ASR per probe with intervals (--fail-above)
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -85,7 +86,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens_help: str, tem
 
 # Verb groups that live in a module of their own (llmos/cli/GROUP.py, with add_parsers(verbs, fmt)):
 # the comparison and RLHF stages, the tools, test-time thinking and the LLM OS (agent.py).
-VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools", "think", "agent")
+VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools", "think", "agent", "redteam")
 GENERATE_TOKENS = 200  # `llmos generate`'s default length, when the context has room for it
 
 
