@@ -38,6 +38,7 @@ from pathlib import Path
 
 from llmos.agent.kernel import Kernel, KernelConfig
 from llmos.agent.memory import MemoryStore
+from llmos.train.rl import wilson
 
 NAMES_PET = ["Rex", "Biscuit", "Luna", "Pepper", "Shadow", "Milo", "Daisy", "Rocky", "Coco", "Ziggy", "Nala", "Bruno"]
 NAMES_PERSON = ["Maria", "Priya", "Chloe", "Hannah", "Ingrid", "Yuki", "Fatima", "Olga", "Nadia", "Rosa", "Elena", "Tamsin"]
@@ -172,11 +173,6 @@ def chance(histories: list[History]) -> dict:
     guess = [1 / pools.get(q.text, len(NAMES_PET)) for q in questions if q.ability != "abstention"]
     return {"uniform_guess": sum(guess) / len(questions),
             "always_abstain": sum(q.ability == "abstention" for q in questions) / len(questions)}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    from llmos.train.rl import wilson as interval
-    return interval(k, n, z)
 
 
 def _replay(model, history: History, config: KernelConfig, folder: Path, index: int) -> dict:

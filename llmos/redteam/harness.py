@@ -19,11 +19,7 @@ from pathlib import Path
 from llmos.common import LlmosError, atomic_write, write_json
 from llmos.redteam import corpora
 from llmos.redteam.probes import PROBES, SUITES, judge
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    from llmos.train.rl import wilson as interval
-    return interval(k, n)
+from llmos.train.rl import wilson
 
 
 def run_suite(model, suite: str, attempts: int = 200, seed: int = 0, max_tokens: int = 96,
