@@ -6,7 +6,7 @@
     kernel.inspect()                                  # [Block(name, provenance, tokens, text)]: what is in RAM
     kernel.status_line()                              # "RAM 412/1024 tok · in 3 · out 12 · faults 2 · ..."
     kernel.observe(user, assistant)                   # replay a past exchange (no generation): benchmarks
-    kernel.ask("What is my dog called?")              # a turn that leaves no trace (benchmark questions)
+    kernel.ask_messages("What is my dog called?")     # a question's prompt, leaving no trace (benchmarks)
 
 The context window of each model call is laid out as: one system message (the persona block and the
 rules, the core-memory blocks, the running summary of evicted turns), then the resident turns, oldest
@@ -199,15 +199,10 @@ class Kernel:
         self._admit("assistant", assistant, "assistant")
         self._fit()
 
-    def ask(self, question: str, max_tokens: int | None = None) -> str:
-        """A question answered from the current state, leaving no trace (nothing recorded, no counter
-        moved): every benchmark question sees the same memory."""
-        messages, _ = self.ask_messages(question)
-        return self.model.complete(messages, [], max_tokens or self.config.reply_tokens).content
-
     def ask_messages(self, question: str) -> tuple[list[dict], list[Memory]]:
-        """The messages `ask` sends and the memories it pages in for them (several questions can then
-        go to the model as one batch)."""
+        """The prompt for a question asked from the current state, and the memories it pages in,
+        leaving no trace (nothing recorded, no counter moved): every benchmark question sees the same
+        memory, and many go to the model as one batch."""
         paged = self._search(question) if self.config.paging else []
         messages = self._messages(paged, question)
         while (self.model.prompt_tokens(messages, []) + self.config.reply_tokens > self.config.budget

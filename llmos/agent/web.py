@@ -3,7 +3,7 @@
     app = make_os_app(kernel)                    # a FastAPI app serving this one kernel
     serve_os(kernel, "127.0.0.1", 8080)          # the same under uvicorn; open http://127.0.0.1:8080/
 
-The page (llmos/agent/static/os.html, with os.js and os.css: plain HTML and JavaScript, no build
+The page (llmos/serve/static/os.html, with os.js, os.css and the shared api.js: plain HTML and JavaScript, no build
 step) shows the chat (tool calls folded, with their results), a status line (RAM used of the
 budget, pages in and out, page faults, recall and archival counts, and a red badge while untrusted
 text is in the context window) and an inspector listing what is in the window block by block, with
@@ -44,7 +44,7 @@ from llmos.agent.kernel import is_untrusted
 from llmos.agent.peripherals import read_image
 from llmos.common import LlmosError
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parents[1] / "serve" / "static"  # one folder for every page of the server
 MAX_BODY_BYTES = 20 << 20  # an image from a phone's camera fits
 MAX_NAME_CHARS = 120
 log = logging.getLogger("llmos.agent.web")

@@ -1,4 +1,4 @@
-/* The labeling page of `llmos label`.
+/* The labeling page of `llmos label` (api.js loads first).
  *
  * Asks the labeler's name once (kept in localStorage), then loops: GET /api/next shows a prompt and
  * answers A and B; a choice (buttons, or keys 1/a, 2/b, t, s) is POSTed to /api/labels, and only
@@ -25,25 +25,7 @@ async function api(path, body) {
   const init = body === undefined ? {} : {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   };
-  let response;
-  try {
-    response = await fetch(path, init);
-  } catch (e) {
-    throw new Error(`the server cannot be reached (${e.message}); nothing was saved, try again`);
-  }
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    data = null;
-  }
-  if (!response.ok) throw new Error(data?.error?.message || `${response.status} ${response.statusText}`);
-  return data;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
+  return requestJson(path, init, "; nothing was saved, try again");
 }
 
 function acknowledge(text) {

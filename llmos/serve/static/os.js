@@ -1,4 +1,4 @@
-/* The LLM OS page (llmos/agent/web.py serves it and its API).
+/* The LLM OS page (llmos/agent/web.py serves it and its API; api.js loads first).
  *
  * Send: POST /api/turn {"text"} shows the reply, the tool calls it made (folded, with their results)
  * and the memories paged in for it. Image…: the file's bytes go to POST /api/image?name=FILE, the
@@ -10,28 +10,6 @@
 
 const $ = (id) => document.getElementById(id);
 let busy = false;  // a request is in flight: Send and Image… wait for it
-
-async function api(path, init = {}) {
-  let response;
-  try {
-    response = await fetch(path, init);
-  } catch (e) {
-    throw new Error(`the server cannot be reached (${e.message})`);
-  }
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    data = null;
-  }
-  if (!response.ok) throw new Error(data?.error?.message || `${response.status} ${response.statusText}`);
-  return data;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
-}
 
 function setBusy(value) {
   busy = value;
@@ -119,7 +97,7 @@ function showBlocks(blocks, status) {
 }
 
 async function refreshInspector() {
-  const data = await api("/api/inspect");
+  const data = await requestJson("/api/inspect");
   showBlocks(data.blocks, data.status);
   showStatus(data.status);
 }
@@ -174,7 +152,7 @@ async function send(event) {
   $("input").value = "";
   const pending = addMessage("assistant pending", "model", "thinking…");
   try {
-    const out = await api("/api/turn", {
+    const out = await requestJson("/api/turn", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }),
     });
     showReply(pending, out);
@@ -197,7 +175,7 @@ async function upload() {
   showError("");
   setBusy(true);
   try {
-    const out = await api(`/api/image?name=${encodeURIComponent(file.name)}`, {
+    const out = await requestJson(`/api/image?name=${encodeURIComponent(file.name)}`, {
       method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file,
     });
     const message = addMessage("attachment", `image text · ${out.name} · untrusted`, "");
