@@ -318,12 +318,21 @@ def test_a_profile_is_checked_and_its_files_go_to_archival_memory_once(tmp_path,
     Profile("tutor", system_prompt="You teach biology.", tools=["calculator"], files=["syllabus.md"],
             folder=tmp_path / "shared").write(path)
     args = argparse.Namespace(profile=str(path), tools="", session="kid", semantic=False, budget=2000, no_paging=False,
-                              summary="notes", workspace=".", index="", open_hosts="", allow="", audit_log="")
+                              summary="notes", reply_tokens=96, summary_tokens=96, workspace=".", index="",
+                              open_hosts="", allow="", audit_log="")
     for _ in range(2):  # the second start resumes the session: the file is not archived twice
         kernel = build_kernel(args, ScriptedModel(lambda m, t: "ok."))
         assert sorted(kernel.toolbox.tools)[:2] == ["calculator", "core_memory_append"]
         assert "You teach biology." in kernel._system()
         kernel.store.close()
+    kernel = build_kernel(args, ScriptedModel(lambda m, t: "ok."))
+    assert kernel.config.budget == 2000  # --budget; without it and the profile's, the model's context caps 2048
+    kernel.store.close()
+    path.write_text(json.dumps({"name": "tutor", "files": ["syllabus.md"]}))
+    small = argparse.Namespace(**{**vars(args), "budget": 0, "session": "small"})
+    assert build_kernel(small, ScriptedModel(lambda m, t: "ok.", context=1500)).config.budget == 1500
+    assert build_kernel(argparse.Namespace(**{**vars(small), "session": "big"}),
+                        ScriptedModel(lambda m, t: "ok.")).config.budget == 2048
     kernel = build_kernel(args, ScriptedModel(lambda m, t: "ok."))
     hits = kernel.store.search("photosynthesis week", tiers=("archival",))
     assert [(h.text, h.provenance) for h in hits] == [("Week 3 covers photosynthesis.", "document")]

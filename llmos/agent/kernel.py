@@ -152,7 +152,7 @@ class Kernel:
         if need >= self.config.budget:
             raise LlmosError(f"a {self.config.budget}-token budget cannot hold this kernel: the rules, core memory, "
                              f"tool list, summary and reply room take {need} tokens; raise --budget well above "
-                             "that, or offer fewer tools")
+                             "that, lower --reply-tokens or --summary-tokens, or offer fewer tools")
 
     # --- the public turn API ---
     def turn(self, text: str, provenance: str = "user") -> TurnResult:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from llmos.common import LlmosError
 
+DEFAULT_BUDGET = 2048  # tokens of window when --budget is not given, or the model's whole context if smaller
 HELP = """/inspect            what is in the context window, block by block
 /core               the core-memory blocks
 /memory QUERY       search recall and archival memory
@@ -55,8 +56,9 @@ def build_kernel(args, model, confirm=None):
     store = MemoryStore.open(args.session)
     if args.semantic:
         store.enable_embeddings()
-    kernel = Kernel(model, store, KernelConfig(budget=(profile.budget if profile and profile.budget else args.budget),
-                                               paging=not args.no_paging, summary=args.summary,
+    budget = (profile.budget if profile and profile.budget else args.budget) or min(DEFAULT_BUDGET, model.context)
+    kernel = Kernel(model, store, KernelConfig(budget=budget, paging=not args.no_paging, summary=args.summary,
+                                               reply_tokens=args.reply_tokens, summary_tokens=args.summary_tokens,
                                                system_prompt=profile.system_prompt if profile else ""),
                     toolbox=toolbox, confirm=confirm)
     if "subtasks" in names:
@@ -231,6 +233,8 @@ def model_args(p) -> None:
     p.add_argument("--endpoint-model", default="", help="the endpoint's model name (default: its first)")
     p.add_argument("--summary", default="notes", choices=("notes", "model"),
                    help="the running summary of paged-out turns: the user's own sentences, or written by the model")
+    p.add_argument("--reply-tokens", type=int, default=96, help="window room kept for the reply (small contexts: less)")
+    p.add_argument("--summary-tokens", type=int, default=96, help="the running summary's bound")
 
 
 def add_parsers(verbs, fmt) -> None:
@@ -239,7 +243,8 @@ def add_parsers(verbs, fmt) -> None:
                          formatter_class=fmt)
     model_args(p)
     p.add_argument("--session", default="default", help="the memory's name: the same name resumes it")
-    p.add_argument("--budget", type=int, default=2048, help="tokens of context window the kernel may fill")
+    p.add_argument("--budget", type=int, default=0, help="tokens of context window the kernel may fill "
+                                                          f"(default: {DEFAULT_BUDGET}, or the model's context if smaller)")
     p.add_argument("--tools", default="", help="comma-separated tools beside the memory tools "
                                                "(calculator, python, search, open, read_file, write_file, "
                                                "speak, read_image, subtasks, ...)")
@@ -256,8 +261,6 @@ def add_parsers(verbs, fmt) -> None:
     model_args(p)
     p.add_argument("--budget", type=int, default=1024, help="tokens of context window (the RAM)")
     p.add_argument("--histories", type=int, default=20, help="users' histories (8 questions each)")
-    p.add_argument("--reply-tokens", type=int, default=96, help="window room kept for the reply (small contexts: less)")
-    p.add_argument("--summary-tokens", type=int, default=96, help="the running summary's bound")
     p.add_argument("--seed", type=int, default=0, help="which histories (the prompt wording was chosen on seeds 1-2)")
     p.add_argument("--out", default="", help="folder for report.json and the PNG (default LLMOS_HOME/os/bench-...)")
     p.set_defaults(func=cmd_os_bench)
