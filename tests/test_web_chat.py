@@ -225,7 +225,8 @@ return {
 
 def test_markdown_rendering_is_safe_in_the_browser(browser_factory):
     evil, control = ConnectionCounter(), ConnectionCounter()
-    server = serve_static_page({"image_origins": [ALLOWED_ORIGIN], "auth_required": False})
+    # control.example is allowed: the page's Content-Security-Policy would stop its image otherwise
+    server = serve_static_page({"image_origins": [ALLOWED_ORIGIN, "http://control.example"], "auth_required": False})
     try:
         # Both hosts lead to a loopback listener, so a request that should never happen would be seen.
         driver = browser_factory(f"--host-resolver-rules=MAP evil.example 127.0.0.1:{evil.port}, "

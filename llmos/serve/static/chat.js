@@ -4,8 +4,9 @@
  * POSTs the whole conversation to /v1/chat/completions with `stream: true`, reading the server-sent
  * events as they arrive. Replies are markdown from an untrusted model, so they are rendered by
  * `renderMarkdown`: raw HTML is shown as text, the result is sanitised by DOMPurify, and images load
- * only from this server or the origins that /ui/config.json allows. `window.llmosRender(text)`
- * exposes that renderer to the browser test.
+ * only from this server or the origins that /ui/config.json allows (checked by the renderer, and by a
+ * Content-Security-Policy that also holds for their redirects). `window.llmosRender(text)` exposes
+ * that renderer to the browser tests.
  */
 "use strict";
 
@@ -105,18 +106,33 @@ function showError(message) {
   ui.error.hidden = !message;
 }
 
+// The renderer checks an image's own URL, but the browser follows its redirects: an allowed origin
+// that redirects (an image proxy, an open redirect) would hand the request on to any host. The
+// allow-list as a Content-Security-Policy stops that, since the browser checks every hop against it.
+// A second policy can only narrow the page's own, so it is added once, when the list is complete.
+function enforceImageOrigins() {
+  const policy = document.createElement("meta");
+  policy.httpEquiv = "Content-Security-Policy";
+  policy.content = `img-src 'self' blob: ${[...allowedImageOrigins].join(" ")}`;
+  document.head.append(policy);
+}
+
 async function loadConfig() {
-  const response = await fetch("/ui/config.json");
-  if (!response.ok) throw new Error(`/ui/config.json: ${await errorMessage(response)}`);
-  const config = await response.json();
-  for (const origin of config.image_origins || []) {
-    try {
-      allowedImageOrigins.add(new URL(origin).origin);
-    } catch {
-      console.warn("ignoring an image origin that is not a URL:", origin);
+  try {
+    const response = await fetch("/ui/config.json");
+    if (!response.ok) throw new Error(`/ui/config.json: ${await errorMessage(response)}`);
+    const config = await response.json();
+    for (const origin of config.image_origins || []) {
+      try {
+        allowedImageOrigins.add(new URL(origin).origin);
+      } catch {
+        console.warn("ignoring an image origin that is not a URL:", origin);
+      }
     }
+    ui.apiKeyField.hidden = !config.auth_required;
+  } finally {
+    enforceImageOrigins();  // without the config: this server's images only
   }
-  ui.apiKeyField.hidden = !config.auth_required;
   document.body.dataset.config = "loaded";  // from now on images are judged by the full allow-list
 }
 
