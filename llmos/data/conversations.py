@@ -21,6 +21,8 @@ Sources (each `make(split, seed, n)` is deterministic for a seed; n caps the cou
                         searches for cloze facts on the Wikipedia leads, direct answers with tools offered
   memory                generated (llmos/data/memory.py): the LLM OS kernel's prompts with paged-in memories,
                         answered from them (newer values win; "I don't know" when nothing answers)
+  safety                generated (llmos/data/safety.py): refusals to train-split harmful requests (AdvBench,
+                        HarmBench, do-not-answer; plain and in jailbreak templates), help for benign look-alikes
 The two bigbench sources are opt-in (not in DEFAULT_SOURCES): the sdist is 358 MB (fetched from the
 index's JSON API and verified by its sha256 pin; sources.fetch unpacks only those two task
 directories). Pip itself refuses it since 26.3 (it declares a direct-URL dependency).
@@ -440,6 +442,11 @@ def memory_reading(split: str, seed: int, n: int | None = None) -> list[dict]:
     return conversations(split, seed, n)
 
 
+def safety(split: str, seed: int, n: int | None = None) -> list[dict]:
+    from llmos.data.safety import safety
+    return safety(split, seed, n)
+
+
 SOURCES = {s.name: s for s in [
     ConvSource("chitchat", "MIT", f"PyPI {CHITCHAT.spec}", chitchat),
     ConvSource("natural-instructions", "Apache-2.0", f"PyPI {BIGBENCH.spec} (natural_instructions)", natural_instructions),
@@ -451,6 +458,10 @@ SOURCES = {s.name: s for s in [
                "generated, with the calculator's and the search store's real results", tool_use, (8000, 200)),
     ConvSource("memory", f"generated (llmos); filler {CHITCHAT.spec}, MIT",
                "generated through the LLM OS kernel's paging (llmos/data/memory.py)", memory_reading, (3000, 100)),
+    ConvSource("safety", "generated (llmos); requests from AdvBench, HarmBench (MIT), do-not-answer (Apache-2.0); "
+               "pyrit's jailbreak templates (MIT)",
+               "generated (llmos/data/safety.py): refusals to train-split harmful requests, help for benign look-alikes",
+               safety, (None, 400)),
 ]}
 DEFAULT_SOURCES = ("chitchat", "identity", "skills", "wiki-qa")
 
