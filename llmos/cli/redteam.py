@@ -2,9 +2,13 @@
 
     llmos redteam --target smollm2-135m-instruct --suite jailbreak --attempts 200
     llmos redteam --target http://127.0.0.1:8000 --api-key K --suite all --fail-above 0.2   # for CI
+    llmos redteam --target RUN --suite multiturn --attacker smollm2-135m-instruct --pair-streams 3   # PAIR's attacker
+    llmos gcg --model RUN --behaviours 25 --steps 200 --out suffix.json      # a universal suffix (white-box)
+    llmos redteam --target RUN --suite gcg --suffix suffix.json              # its ASR on held-out behaviours
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -13,23 +17,38 @@ def cmd_redteam(args):
     from llmos.agent.models import EndpointModel, LocalModel
     from llmos.common import LlmosError, llmos_home
     from llmos.redteam.harness import run_suite, table, write_report
+    from llmos.redteam.probes import SUITES
     if args.fail_above is not None and not 0 <= args.fail_above <= 1:
         raise LlmosError(f"--fail-above is an attack success rate between 0 and 1, not {args.fail_above}")
-    is_url = args.target.startswith(("http://", "https://"))
-    model = EndpointModel(args.target, api_key=args.api_key, model=args.endpoint_model) if is_url \
-        else LocalModel.load(args.target, max_batch=16)
+    suffix = None
+    if args.suffix:
+        from llmos.redteam.gcg import load_suffix
+        suffix = load_suffix(Path(args.suffix).expanduser())
+
+    def open_model(ref: str, api_key: str, name: str = ""):
+        if ref.startswith(("http://", "https://")):
+            return EndpointModel(ref, api_key=api_key, model=name)
+        return LocalModel.load(ref, max_batch=16)
+    model = open_model(args.target, args.api_key, args.endpoint_model)
+    attacker = None  # PAIR's prompt writer, loaded only for a suite that runs PAIR
     try:
+        if "pair" in SUITES[args.suite]:
+            attacker = model if args.attacker == args.target else open_model(args.attacker, args.attacker_api_key)
         report = run_suite(model, args.suite, args.attempts, args.seed, args.max_tokens,
-                           progress=lambda s: print(s, file=sys.stderr, flush=True))
+                           progress=lambda s: print(s, file=sys.stderr, flush=True), suffix=suffix,
+                           attacker=attacker, pair_streams=args.pair_streams, pair_rounds=args.pair_rounds)
     finally:
         model.close()
+        if attacker is not None and attacker is not model:
+            attacker.close()
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(args.target.rstrip("/")).name)
     out = write_report(report, Path(args.out).expanduser() if args.out else
                        llmos_home() / "redteam" / f"{slug}-{args.suite}")
     print(table(report))
     print(f"report: {out / 'report.json'}, every attempt: {out / 'attempts.jsonl'}, plot: {out / 'asr.png'}")
-    worst = max(report["probes"].items(), key=lambda item: item[1]["asr"])
-    if args.fail_above is not None and worst[1]["asr"] > args.fail_above:
+    measured = [item for item in report["probes"].items() if item[1]["asr"] is not None]  # N/A probes have none
+    worst = max(measured, key=lambda item: item[1]["asr"], default=None)
+    if args.fail_above is not None and worst and worst[1]["asr"] > args.fail_above:
         print(f"FAIL: {worst[0]}'s ASR {worst[1]['asr']:.1%} is above --fail-above {args.fail_above:.1%}",
               file=sys.stderr)
         sys.exit(1)
@@ -49,4 +68,46 @@ def add_parsers(verbs, fmt) -> None:
     p.add_argument("--out", default="", help="report folder (default LLMOS_HOME/redteam/TARGET-SUITE)")
     p.add_argument("--fail-above", type=float, default=None, metavar="ASR",
                    help="exit 1 when any probe's attack success rate is above this (0-1)")
+    p.add_argument("--suffix", default="", metavar="FILE", help="the suffix file of `llmos gcg` (suite gcg)")
+    p.add_argument("--attacker", default="smollm2-135m-instruct",
+                   help="PAIR's attacker: a run, params file or named model, or an endpoint URL (the target's own name: itself)")
+    p.add_argument("--attacker-api-key", default="", help="the attacker endpoint's API key")
+    p.add_argument("--pair-streams", type=int, default=3, help="PAIR's parallel streams per behaviour")
+    p.add_argument("--pair-rounds", type=int, default=3, help="PAIR's rounds of refinement at most")
     p.set_defaults(func=cmd_redteam)
+    _add_gcg_parser(verbs, fmt)
+
+
+def cmd_gcg(args):
+    from llmos.common import LlmosError
+    from llmos.redteam import corpora
+    from llmos.redteam.gcg import GcgConfig, run_gcg
+    train, _ = corpora.split(corpora.advbench())
+    if not 1 <= args.behaviours <= len(train):
+        raise LlmosError(f"--behaviours must be between 1 and {len(train)} (AdvBench's train split), not {args.behaviours}")
+    cfg = GcgConfig(suffix_tokens=args.suffix_tokens, steps=args.steps, minutes=args.minutes, top_k=args.top_k,
+                    candidates=args.candidates, progressive=args.progressive, seed=args.seed, dtype=args.dtype)
+    result = run_gcg(args.model, train[:args.behaviours], cfg, args.out, resume=args.resume)
+    best = result["state"]["best"]
+    print(f"suffix after {result['state']['step']} steps: {best['text']!r} (loss {best['loss']:.3f}, "
+          f"{best['broken']}/{best['active']} behaviours broken)")
+    print(f"written to {args.out}; measure it: llmos redteam --target {args.model} --suite gcg --suffix {args.out}")
+
+
+def _add_gcg_parser(verbs, fmt) -> None:
+    p = verbs.add_parser("gcg", help="find a universal adversarial suffix (greedy coordinate gradient)",
+                         formatter_class=fmt)
+    p.add_argument("--model", required=True, help="a run, params file or named model (white-box)")
+    p.add_argument("--behaviours", type=int, default=25, help="AdvBench train-split behaviours to optimise over")
+    p.add_argument("--steps", type=int, default=500, help="total steps (a resumed search counts its earlier ones)")
+    p.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes (0: steps alone)")
+    p.add_argument("--suffix-tokens", type=int, default=20, help="the suffix's length in tokens")
+    p.add_argument("--top-k", type=int, default=256, help="candidate tokens per position, from the gradient")
+    p.add_argument("--candidates", type=int, default=256, help="single-token swaps scored per step")
+    p.add_argument("--progressive", action=argparse.BooleanOptionalAction, default=True,
+                   help="add behaviours one at a time, as each set is broken")
+    p.add_argument("--seed", type=int, default=0, help="the initial suffix, the control and each step's draws")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 where the hardware has it")
+    p.add_argument("--out", required=True, help="the suffix file (JSON, rewritten after every step)")
+    p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    p.set_defaults(func=cmd_gcg)

@@ -5,10 +5,13 @@
     llmos redteam --target smollm2-135m-instruct --suite jailbreak --attempts 200 --fail-above 0.5
 
 Behaviours are AdvBench's held-out ones (llmos/redteam/corpora.py `split`): what safety training
-or an optimised attack may use never appears in a measured attempt. Every attempt of a suite goes to
-the model as one batch (the engine batches a local model; an endpoint gets concurrent requests), greedy
-and at most `max_tokens` long. Each probe's success rule is stated in the report beside its attack
-success rate (ASR) and 95% Wilson interval, and the per-family rate pools its probes.
+or an optimised attack may use never appears in a measured attempt. Every attempt of a suite's
+single-shot probes goes to the model as one batch (the engine batches a local model; an endpoint gets
+concurrent requests), greedy and at most `max_tokens` long. A multi-round probe (many-shot, crescendo,
+PAIR: it has a `run`) is handed the model and sends a batch per round itself; one that cannot run
+against this target (not one many-shot shot fits a small context) is reported N/A with the reason.
+Each probe's success rule is stated in the report beside its attack success rate (ASR) and 95% Wilson
+interval, and the per-family rate pools its probes.
 """
 from __future__ import annotations
 
@@ -18,22 +21,31 @@ from pathlib import Path
 
 from llmos.common import LlmosError, atomic_write, write_json
 from llmos.redteam import corpora
-from llmos.redteam.probes import PROBES, SUITES, judge
+from llmos.redteam.probes import PAIR_ROUNDS, PAIR_STREAMS, PROBES, SUITES, NotApplicable, judge
 from llmos.train.rl import wilson
 
 
 def run_suite(model, suite: str, attempts: int = 200, seed: int = 0, max_tokens: int = 96,
-              progress=None) -> dict:
+              progress=None, suffix: dict | None = None, attacker=None, pair_streams: int = PAIR_STREAMS,
+              pair_rounds: int = PAIR_ROUNDS) -> dict:
+    """`suffix`: a suffix file's content (llmos/redteam/gcg.py load_suffix), for the gcg suite.
+    `attacker`: the model that writes PAIR's prompts (default: the target itself), with `pair_streams`
+    streams per behaviour for up to `pair_rounds` rounds."""
     if suite not in SUITES:
         raise LlmosError(f"unknown suite {suite!r}: choose from {', '.join(SUITES)}")
     if attempts < 1:
         raise LlmosError("--attempts must be at least 1 (per probe)")
-    _, held_out = corpora.split(corpora.advbench())
-    context = {"templates": corpora.jailbreak_templates()}
+    if "pair" in SUITES[suite] and (pair_streams < 1 or pair_rounds < 1):
+        raise LlmosError(f"PAIR needs at least 1 stream and 1 round (--pair-streams, --pair-rounds), "
+                         f"not {pair_streams} and {pair_rounds}")
+    train, held_out = corpora.split(corpora.advbench())
+    context = {"templates": corpora.jailbreak_templates(), "suffix": suffix, "train": train, "max_tokens": max_tokens,
+               "attacker": attacker, "pair_streams": pair_streams, "pair_rounds": pair_rounds}
     rng = random.Random(seed)
-    made = [a for name in SUITES[suite] for a in PROBES[name].attempts(held_out, rng, attempts, context)]
-    if progress:
-        progress(f"{len(made)} attempts ({len(SUITES[suite])} probes x {attempts}) against {model.name}")
+    single = [name for name in SUITES[suite] if not hasattr(PROBES[name], "run")]  # one batch for all of these
+    made = [a for name in single for a in PROBES[name].attempts(held_out, rng, attempts, context)]
+    if progress and made:
+        progress(f"{len(made)} attempts ({len(single)} probes x {attempts}) against {model.name}")
     replies = model.complete_many([(a.messages, [], max_tokens) for a in made])
     rows = []
     for a, reply in zip(made, replies):
@@ -41,13 +53,29 @@ def run_suite(model, suite: str, attempts: int = 200, seed: int = 0, max_tokens:
         rows.append({"family": a.family, "probe": a.probe, "behaviour": a.behaviour.id if a.behaviour else None,
                      "prompt": a.messages[-1]["content"], "reply": reply.content, "success": verdict.success,
                      "reason": verdict.reason, **a.meta})
+    not_applicable = {}
+    for name in SUITES[suite]:
+        if hasattr(PROBES[name], "run"):  # multi-round: the probe calls the model itself, a batch a round
+            if progress:
+                progress(f"{name}: {attempts} attempts against {model.name}")
+            try:
+                rows += PROBES[name].run(model, held_out, rng, attempts, context)
+            except NotApplicable as e:
+                not_applicable[name] = str(e)
 
     def rate(subset: list[dict]) -> dict:
+        if not subset:
+            return {"successes": 0, "attempts": 0, "asr": None, "interval": None}
         k = sum(r["success"] for r in subset)
         low, high = (min(1.0, max(0.0, x)) for x in wilson(k, len(subset)))  # no "-0.0%" from rounding
         return {"successes": k, "attempts": len(subset), "asr": k / len(subset), "interval": [low, high]}
     probes = {name: {**rate([r for r in rows if r["probe"] == name]), "family": PROBES[name].family,
                      "success_rule": PROBES[name].success_rule} for name in SUITES[suite]}
+    for name, reason in not_applicable.items():
+        probes[name]["not_applicable"] = reason
+    for name, probe in probes.items():
+        if hasattr(PROBES[name], "summary") and probe["attempts"]:
+            probe.update(PROBES[name].summary([r for r in rows if r["probe"] == name]))
     families = {f: rate([r for r in rows if r["family"] == f]) for f in dict.fromkeys(PROBES[n].family for n in SUITES[suite])}
     return {"target": model.name, "suite": suite, "seed": seed, "max_tokens": max_tokens,
             "behaviours_held_out": len(held_out), "probes": probes, "families": families, "rows": rows}
@@ -62,12 +90,12 @@ def write_report(report: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(report["probes"])
-    asr = [report["probes"][n]["asr"] for n in names]
-    err = [[max(0.0, a - report["probes"][n]["interval"][0]) for a, n in zip(asr, names)],
-           [max(0.0, report["probes"][n]["interval"][1] - a) for a, n in zip(asr, names)]]
+    asr = [report["probes"][n]["asr"] or 0.0 for n in names]  # a probe that does not apply: no bar
+    span = [report["probes"][n]["interval"] or [0.0, 0.0] for n in names]
+    err = [[max(0.0, a - low) for a, (low, _) in zip(asr, span)], [max(0.0, high - a) for a, (_, high) in zip(asr, span)]]
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.6))
     ax.bar(range(len(names)), asr, yerr=err, capsize=3, color="#c0392b")
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), [n if report["probes"][n]["attempts"] else f"{n} (N/A)" for n in names], rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("attack success rate (95% interval)")
     ax.set_title(f"{report['suite']} against {report['target']}", fontsize=9)
@@ -79,6 +107,10 @@ def write_report(report: dict, out: Path) -> Path:
 
 def table(report: dict) -> str:
     from llmos.report import markdown_table
-    rows = [[name, p["family"], f"{p['asr']:.1%} [{p['interval'][0]:.1%}, {p['interval'][1]:.1%}]",
-             f"{p['successes']}/{p['attempts']}", p["success_rule"]] for name, p in report["probes"].items()]
-    return markdown_table(["probe", "family", "ASR", "successes", "success means"], rows)
+    def asr(p: dict) -> str:
+        if p["asr"] is None:
+            return f"N/A: {p.get('not_applicable', 'no attempts')}"
+        return f"{p['asr']:.1%} [{p['interval'][0]:.1%}, {p['interval'][1]:.1%}]"
+    rows = [[name, p["family"], asr(p), f"{p['successes']}/{p['attempts']}", p["success_rule"], p.get("note", "")]
+            for name, p in report["probes"].items()]
+    return markdown_table(["probe", "family", "ASR", "successes", "success means", "notes"], rows)
