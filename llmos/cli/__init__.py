@@ -23,7 +23,9 @@
     llmos think --model M [--strategy vote -k 16] "..."  more thinking for a better answer (vote, best-of-n, budget)
     llmos os --model M [--session NAME] [--web PORT]    the LLM OS: paged memory, tools, speech, OCR (terminal or web)
     llmos os-bench --model M [--budget 1024]            the memory benchmark: paging against dropping old turns
-    llmos redteam --target M|URL --suite jailbreak      attacks, judged: ASR per probe with intervals (--fail-above)
+    llmos redteam --target M|URL --suite jailbreak      attacks, judged: ASR per probe with intervals (--fail-above);
+                                                        --suite injection|multiturn|gcg, --defence guard|datamark|dual...
+    llmos gcg --model M --out suffix.json               a universal adversarial suffix (greedy coordinate gradient)
     llmos poison-scan RUN|FILE [--model M]              find a backdoor's poison in training data (sft --poison)
 
 Options of the dataclass configs (model, training) are generated from their fields, so every

@@ -5,6 +5,8 @@
     llmos redteam --target RUN --suite multiturn --attacker smollm2-135m-instruct --pair-streams 3   # PAIR's attacker
     llmos gcg --model RUN --behaviours 25 --steps 200 --out suffix.json      # a universal suffix (white-box)
     llmos redteam --target RUN --suite gcg --suffix suffix.json              # its ASR on held-out behaviours
+    llmos redteam --target smollm2-135m-instruct --suite injection --defence dual+datamark   # pages a tool returns
+    llmos redteam --target RUN --suite jailbreak --defence guard             # behind the guard classifier
 """
 from __future__ import annotations
 
@@ -30,20 +32,26 @@ def cmd_redteam(args):
             return EndpointModel(ref, api_key=api_key, model=name)
         return LocalModel.load(ref, max_batch=16)
     model = open_model(args.target, args.api_key, args.endpoint_model)
+    if args.defence == "guard":  # the guard classifier on every job's input and every reply, whatever the suite
+        from llmos.redteam.guard import Guard, GuardedModel
+        model = GuardedModel(model, Guard.load_or_train(progress=lambda s: print(s, file=sys.stderr, flush=True)))
     attacker = None  # PAIR's prompt writer, loaded only for a suite that runs PAIR
     try:
         if "pair" in SUITES[args.suite]:
             attacker = model if args.attacker == args.target else open_model(args.attacker, args.attacker_api_key)
         report = run_suite(model, args.suite, args.attempts, args.seed, args.max_tokens,
                            progress=lambda s: print(s, file=sys.stderr, flush=True), suffix=suffix,
-                           attacker=attacker, pair_streams=args.pair_streams, pair_rounds=args.pair_rounds)
+                           attacker=attacker, pair_streams=args.pair_streams, pair_rounds=args.pair_rounds,
+                           defence="none" if args.defence == "guard" else args.defence)
+        if args.defence == "guard":
+            report.update(defence="guard", guard_blocked=model.blocked)
     finally:
         model.close()
         if attacker is not None and attacker is not model:
             attacker.close()
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(args.target.rstrip("/")).name)
     out = write_report(report, Path(args.out).expanduser() if args.out else
-                       llmos_home() / "redteam" / f"{slug}-{args.suite}")
+                       llmos_home() / "redteam" / "-".join([slug, args.suite] + [args.defence] * (args.defence != "none")))
     print(table(report))
     print(f"report: {out / 'report.json'}, every attempt: {out / 'attempts.jsonl'}, plot: {out / 'asr.png'}")
     measured = [item for item in report["probes"].items() if item[1]["asr"] is not None]  # N/A probes have none
@@ -55,6 +63,7 @@ def cmd_redteam(args):
 
 
 def add_parsers(verbs, fmt) -> None:
+    from llmos.redteam.injection import DEFENCES
     from llmos.redteam.probes import SUITES
     p = verbs.add_parser("redteam", help="attack a model or endpoint with probe suites; ASR with intervals",
                          formatter_class=fmt)
@@ -68,6 +77,9 @@ def add_parsers(verbs, fmt) -> None:
     p.add_argument("--out", default="", help="report folder (default LLMOS_HOME/redteam/TARGET-SUITE)")
     p.add_argument("--fail-above", type=float, default=None, metavar="ASR",
                    help="exit 1 when any probe's attack success rate is above this (0-1)")
+    p.add_argument("--defence", default="none", choices=["none", "guard", *DEFENCES[1:]],
+                   help="guard: the guard classifier on input and output (any suite); delimit, datamark, dual, "
+                        "dual+datamark: how the injection suite's pages reach the model")
     p.add_argument("--suffix", default="", metavar="FILE", help="the suffix file of `llmos gcg` (suite gcg)")
     p.add_argument("--attacker", default="smollm2-135m-instruct",
                    help="PAIR's attacker: a run, params file or named model, or an endpoint URL (the target's own name: itself)")

@@ -3,6 +3,7 @@
     report = run_suite(model, "jailbreak", attempts=200, seed=0)   # model: llmos/agent/models.py
     write_report(report, out_dir)     # report.json, attempts.jsonl (every prompt, reply, verdict), asr.png
     llmos redteam --target smollm2-135m-instruct --suite jailbreak --attempts 200 --fail-above 0.5
+    llmos redteam --target smollm2-135m-instruct --suite injection --defence datamark
 
 Behaviours are AdvBench's held-out ones (llmos/redteam/corpora.py `split`): what safety training
 or an optimised attack may use never appears in a measured attempt. Every attempt of a suite's
@@ -27,10 +28,12 @@ from llmos.train.rl import wilson
 
 def run_suite(model, suite: str, attempts: int = 200, seed: int = 0, max_tokens: int = 96,
               progress=None, suffix: dict | None = None, attacker=None, pair_streams: int = PAIR_STREAMS,
-              pair_rounds: int = PAIR_ROUNDS) -> dict:
+              pair_rounds: int = PAIR_ROUNDS, defence: str = "none") -> dict:
     """`suffix`: a suffix file's content (llmos/redteam/gcg.py load_suffix), for the gcg suite.
     `attacker`: the model that writes PAIR's prompts (default: the target itself), with `pair_streams`
-    streams per behaviour for up to `pair_rounds` rounds."""
+    streams per behaviour for up to `pair_rounds` rounds. `defence`: how the injection suite's prompts
+    are built (llmos/redteam/injection.py DEFENCES); the other suites have none to choose."""
+    from llmos.redteam.injection import DEFENCES
     if suite not in SUITES:
         raise LlmosError(f"unknown suite {suite!r}: choose from {', '.join(SUITES)}")
     if attempts < 1:
@@ -38,9 +41,15 @@ def run_suite(model, suite: str, attempts: int = 200, seed: int = 0, max_tokens:
     if "pair" in SUITES[suite] and (pair_streams < 1 or pair_rounds < 1):
         raise LlmosError(f"PAIR needs at least 1 stream and 1 round (--pair-streams, --pair-rounds), "
                          f"not {pair_streams} and {pair_rounds}")
+    if defence not in DEFENCES:
+        raise LlmosError(f"unknown defence {defence!r}: choose from {', '.join(DEFENCES)}")
+    if defence != "none" and not any(PROBES[name].family == "injection" for name in SUITES[suite]):
+        raise LlmosError(f"defence {defence} shapes how a tool's page reaches the model: use it with --suite "
+                         f"injection (suite {suite} has no pages)")
     train, held_out = corpora.split(corpora.advbench())
     context = {"templates": corpora.jailbreak_templates(), "suffix": suffix, "train": train, "max_tokens": max_tokens,
-               "attacker": attacker, "pair_streams": pair_streams, "pair_rounds": pair_rounds}
+               "attacker": attacker, "pair_streams": pair_streams, "pair_rounds": pair_rounds,
+               "defence": defence, "seed": seed}
     rng = random.Random(seed)
     single = [name for name in SUITES[suite] if not hasattr(PROBES[name], "run")]  # one batch for all of these
     made = [a for name in single for a in PROBES[name].attempts(held_out, rng, attempts, context)]
@@ -77,7 +86,7 @@ def run_suite(model, suite: str, attempts: int = 200, seed: int = 0, max_tokens:
         if hasattr(PROBES[name], "summary") and probe["attempts"]:
             probe.update(PROBES[name].summary([r for r in rows if r["probe"] == name]))
     families = {f: rate([r for r in rows if r["family"] == f]) for f in dict.fromkeys(PROBES[n].family for n in SUITES[suite])}
-    return {"target": model.name, "suite": suite, "seed": seed, "max_tokens": max_tokens,
+    return {"target": model.name, "suite": suite, "defence": defence, "seed": seed, "max_tokens": max_tokens,
             "behaviours_held_out": len(held_out), "probes": probes, "families": families, "rows": rows}
 
 
