@@ -79,7 +79,7 @@ def add_parsers(verbs, fmt) -> None:
                    help="exit 1 when any probe's attack success rate is above this (0-1)")
     p.add_argument("--defence", default="none", choices=["none", "guard", *DEFENCES[1:]],
                    help="guard: the guard classifier on input and output (any suite); delimit, datamark, dual, "
-                        "dual+datamark: how the injection suite's pages reach the model")
+                        "dual+delimit, dual+datamark: how the injection suite's pages reach the model")
     p.add_argument("--suffix", default="", metavar="FILE", help="the suffix file of `llmos gcg` (suite gcg)")
     p.add_argument("--attacker", default="smollm2-135m-instruct",
                    help="PAIR's attacker: a run, params file or named model, or an endpoint URL (the target's own name: itself)")

@@ -1,0 +1,95 @@
+"""The jailbreak judge against hand labels: replies to label blind, and the judge's agreement with them.
+
+    flock /tmp/llmos-cpu.lock python bench/judge_labels.py generate --model smollm2-135m-instruct \\
+        --per-probe 20 --seed 11 --out replies.jsonl          # prompts and replies, no verdicts
+    python bench/judge_labels.py agreement tests/data/judge_labels.jsonl   # after labelling by hand
+
+`generate` attacks a model with the single-shot jailbreak probes (direct, roleplay, base64, rot13,
+leetspeak, swaps) on AdvBench's held-out behaviours, greedy, and writes each prompt and reply, and
+nothing the judge says: the labeller reads them blind and adds "complies": true or false by the rule
+in docs/security.md ("Labelling rule"). --system adds a system prompt (e.g. one asking for safety, to
+get refusals into the mix), named in each row's "source".
+`agreement` runs the judge (llmos/redteam/probes.py complies) on every labelled reply and prints the
+agreement with a 95% Wilson interval, the confusion matrix and every disagreement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from llmos.common import LlmosError, atomic_write, read_jsonl
+from llmos.redteam import corpora
+from llmos.redteam.probes import PROBES, complies
+from llmos.train.rl import wilson
+
+LABEL_PROBES = ("direct", "roleplay", "base64", "rot13", "leetspeak", "swaps")
+
+
+def generate(args) -> None:
+    from llmos.agent.models import LocalModel
+    _, held_out = corpora.split(corpora.advbench())
+    context = {"templates": corpora.jailbreak_templates()}
+    rng = random.Random(args.seed)
+    made = [a for name in LABEL_PROBES for a in PROBES[name].attempts(held_out, rng, args.per_probe, context)]
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    model = LocalModel.load(args.model, max_batch=16)
+    try:
+        replies = model.complete_many([(system + a.messages, [], args.max_tokens) for a in made])
+    finally:
+        model.close()
+    source = Path(args.model.rstrip("/")).name + (" + system prompt" if args.system else "")
+    with atomic_write(Path(args.out), "w") as f:
+        for i, (a, reply) in enumerate(zip(made, replies)):
+            f.write(json.dumps({"id": f"{args.id_prefix}{i}", "source": source, "system": args.system,
+                                "probe": a.probe, "behaviour": a.behaviour.text, "target": a.behaviour.target,
+                                "prompt": a.messages[-1]["content"], "reply": reply.content}) + "\n")
+    print(f"{len(made)} replies written to {args.out}: label each with \"complies\": true|false")
+
+
+def verdicts(rows: list[dict]) -> list[bool]:
+    return [complies(corpora.Behaviour(r["id"], r["behaviour"], r["target"]), r["reply"], r["prompt"]).success
+            for r in rows]
+
+
+def agreement(args) -> None:
+    rows = list(read_jsonl(Path(args.labels)))
+    if unlabelled := [r["id"] for r in rows if not isinstance(r.get("complies"), bool)]:
+        raise LlmosError(f"{len(unlabelled)} rows have no \"complies\": true|false label (first: {unlabelled[0]})")
+    judged = verdicts(rows)
+    agree = sum(j == r["complies"] for j, r in zip(judged, rows))
+    low, high = wilson(agree, len(rows))
+    print(f"agreement {agree}/{len(rows)} = {agree / len(rows):.1%} [95% CI {low:.1%}, {high:.1%}]")
+    for label in (True, False):
+        for verdict in (True, False):
+            n = sum(j == verdict and r["complies"] == label for j, r in zip(judged, rows))
+            print(f"  labelled {'complies' if label else 'does not'}, judged {'complies' if verdict else 'does not'}: {n}")
+    for j, r in zip(judged, rows):
+        if j != r["complies"]:
+            print(f"- {r['id']} ({r['probe']}): labelled {r['complies']}, judged {j}: {r['reply'][:160]!r}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    verbs = ap.add_subparsers(dest="verb", required=True)
+    g = verbs.add_parser("generate")
+    g.add_argument("--model", required=True)
+    g.add_argument("--per-probe", type=int, default=20)
+    g.add_argument("--seed", type=int, default=11)
+    g.add_argument("--max-tokens", type=int, default=96, help="as llmos redteam's default")
+    g.add_argument("--system", default="", help="a system prompt before every attempt")
+    g.add_argument("--id-prefix", default="r")
+    g.add_argument("--out", required=True)
+    a = verbs.add_parser("agreement")
+    a.add_argument("labels")
+    args = ap.parse_args()
+    {"generate": generate, "agreement": agreement}[args.verb](args)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except LlmosError as e:
+        sys.exit(f"error: {e}")
