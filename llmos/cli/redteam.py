@@ -7,12 +7,15 @@
     llmos redteam --target RUN --suite gcg --suffix suffix.json              # its ASR on held-out behaviours
     llmos redteam --target smollm2-135m-instruct --suite injection --defence dual+datamark   # pages a tool returns
     llmos redteam --target RUN --suite jailbreak --defence guard             # behind the guard classifier
+    llmos redteam --target RUN --suite extraction --defence canary           # canary tokens catch prompt leaks
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+WRAPPERS = ("guard", "canary")  # defences that wrap the model, for any suite (the others shape injected pages)
 
 
 def cmd_redteam(args):
@@ -32,9 +35,13 @@ def cmd_redteam(args):
             return EndpointModel(ref, api_key=api_key, model=name)
         return LocalModel.load(ref, max_batch=16)
     model = open_model(args.target, args.api_key, args.endpoint_model)
-    if args.defence == "guard":  # the guard classifier on every job's input and every reply, whatever the suite
+    wrapped = args.defence in WRAPPERS  # a defence around the model, whatever the suite
+    if args.defence == "guard":  # the guard classifier on every job's input and every reply
         from llmos.redteam.guard import Guard, GuardedModel
         model = GuardedModel(model, Guard.load_or_train(progress=lambda s: print(s, file=sys.stderr, flush=True)))
+    elif args.defence == "canary":  # a canary token in every system prompt; a reply holding it is withheld
+        from llmos.redteam.canary import CanaryModel
+        model = CanaryModel(model, seed=args.seed)
     attacker = None  # PAIR's prompt writer, loaded only for a suite that runs PAIR
     try:
         if "pair" in SUITES[args.suite]:
@@ -42,9 +49,11 @@ def cmd_redteam(args):
         report = run_suite(model, args.suite, args.attempts, args.seed, args.max_tokens,
                            progress=lambda s: print(s, file=sys.stderr, flush=True), suffix=suffix,
                            attacker=attacker, pair_streams=args.pair_streams, pair_rounds=args.pair_rounds,
-                           defence="none" if args.defence == "guard" else args.defence)
+                           defence="none" if wrapped else args.defence)
         if args.defence == "guard":
             report.update(defence="guard", guard_blocked=model.blocked)
+        elif args.defence == "canary":
+            report.update(defence="canary", canary_caught=model.caught)
     finally:
         model.close()
         if attacker is not None and attacker is not model:
@@ -77,8 +86,9 @@ def add_parsers(verbs, fmt) -> None:
     p.add_argument("--out", default="", help="report folder (default LLMOS_HOME/redteam/TARGET-SUITE)")
     p.add_argument("--fail-above", type=float, default=None, metavar="ASR",
                    help="exit 1 when any probe's attack success rate is above this (0-1)")
-    p.add_argument("--defence", default="none", choices=["none", "guard", *DEFENCES[1:]],
-                   help="guard: the guard classifier on input and output (any suite); delimit, datamark, dual, "
+    p.add_argument("--defence", default="none", choices=["none", *WRAPPERS, *DEFENCES[1:]],
+                   help="guard: the guard classifier on input and output (any suite); canary: a canary token in "
+                        "the system prompt, a reply holding it withheld (any suite); delimit, datamark, dual, "
                         "dual+delimit, dual+datamark: how the injection suite's pages reach the model")
     p.add_argument("--suffix", default="", metavar="FILE", help="the suffix file of `llmos gcg` (suite gcg)")
     p.add_argument("--attacker", default="smollm2-135m-instruct",
