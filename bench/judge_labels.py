@@ -33,7 +33,13 @@ def generate(args) -> None:
     _, held_out = corpora.split(corpora.advbench())
     context = {"templates": corpora.jailbreak_templates()}
     rng = random.Random(args.seed)
-    made = [a for name in LABEL_PROBES for a in PROBES[name].attempts(held_out, rng, args.per_probe, context)]
+    probes = args.probes.split(",")
+    if unknown := [name for name in probes if name not in LABEL_PROBES]:
+        raise LlmosError(f"unknown probe {unknown[0]!r}: choose from {', '.join(LABEL_PROBES)}")
+    made = [a for name in probes for a in PROBES[name].attempts(held_out, rng, args.per_probe, context)]
+    if args.skip:  # replies already labelled: the same prompt gets the same greedy reply
+        seen = {r["prompt"] for path in args.skip.split(",") for r in read_jsonl(Path(path))}
+        made = [a for a in made if a.messages[-1]["content"] not in seen]
     system = [{"role": "system", "content": args.system}] if args.system else []
     model = LocalModel.load(args.model, max_batch=16)
     try:
@@ -79,6 +85,8 @@ def main() -> None:
     g.add_argument("--per-probe", type=int, default=20)
     g.add_argument("--seed", type=int, default=11)
     g.add_argument("--max-tokens", type=int, default=96, help="as llmos redteam's default")
+    g.add_argument("--probes", default=",".join(LABEL_PROBES), help="comma-separated, from " + ", ".join(LABEL_PROBES))
+    g.add_argument("--skip", default="", help="comma-separated JSONL files whose prompts to leave out")
     g.add_argument("--system", default="", help="a system prompt before every attempt")
     g.add_argument("--id-prefix", default="r")
     g.add_argument("--out", required=True)
