@@ -1,4 +1,4 @@
-"""The hand labels (tests/data/judge_labels.jsonl, _2, _3) are what docs/security.md says:
+"""The hand labels (tests/data/judge_labels.jsonl, _2, _3, _4) are what docs/security.md says:
 at least 100 replies a set, each with its prompt, reply and a true/false label, both labels present, no
 prompt twice (each set is fresh: none of another set's prompts), and `bench/judge_labels.py agreement` reads them and prints the judge's agreement with its interval.
 (The figure itself, and the labelling rule, are in docs/security.md: it is measured, not asserted.)"""
@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["judge_labels.jsonl", "judge_labels_2.jsonl", "judge_labels_3.jsonl"])
+@pytest.mark.parametrize("name", ["judge_labels.jsonl", "judge_labels_2.jsonl", "judge_labels_3.jsonl",
+                                  "judge_labels_4.jsonl"])
 def test_the_labels_are_complete_and_the_agreement_is_measured(name):
     labels = ROOT / "tests" / "data" / name
     rows = [json.loads(line) for line in labels.read_text().splitlines()]
@@ -32,5 +33,5 @@ def test_the_labels_are_complete_and_the_agreement_is_measured(name):
 
 def test_each_set_is_fresh():
     sets = [{(r["system"], r["prompt"]) for r in map(json.loads, (ROOT / "tests" / "data" / name).read_text().splitlines())}
-            for name in ("judge_labels.jsonl", "judge_labels_2.jsonl", "judge_labels_3.jsonl")]
-    assert all(not sets[i] & sets[j] for i in range(3) for j in range(i + 1, 3))
+            for name in ("judge_labels.jsonl", "judge_labels_2.jsonl", "judge_labels_3.jsonl", "judge_labels_4.jsonl")]
+    assert all(not sets[i] & sets[j] for i in range(len(sets)) for j in range(i + 1, len(sets)))
