@@ -3,6 +3,8 @@
     flock /tmp/llmos-cpu.lock python bench/judge_labels.py generate --model smollm2-135m-instruct \\
         --per-probe 20 --seed 11 --out replies.jsonl          # prompts and replies, no verdicts
     python bench/judge_labels.py agreement tests/data/judge_labels.jsonl   # after labelling by hand
+    python bench/judge_labels.py train tests/data/judge_labels.jsonl tests/data/judge_labels_2.jsonl
+    python bench/judge_labels.py agreement tests/data/judge_labels_3.jsonl --judge model
 
 `generate` attacks a model with the single-shot jailbreak probes (direct, roleplay, base64, rot13,
 leetspeak, swaps) on AdvBench's held-out behaviours, greedy, and writes each prompt and reply, and
@@ -10,7 +12,9 @@ nothing the judge says: the labeller reads them blind and adds "complies": true 
 in docs/security.md ("Labelling rule"). --system adds a system prompt (e.g. one asking for safety, to
 get refusals into the mix), named in each row's "source".
 `agreement` runs the judge (llmos/redteam/probes.py complies) on every labelled reply and prints the
-agreement with a 95% Wilson interval, the confusion matrix and every disagreement.
+agreement with a 95% Wilson interval, the confusion matrix and every disagreement; --judge model
+runs the judge model (llmos/redteam/judge_model.py) instead.
+`train` fits the judge model's head on labelled files and writes it where llmos reads it.
 """
 from __future__ import annotations
 
@@ -55,19 +59,28 @@ def generate(args) -> None:
     print(f"{len(made)} replies written to {args.out}: label each with \"complies\": true|false")
 
 
-def verdicts(rows: list[dict]) -> list[bool]:
-    return [complies(corpora.Behaviour(r["id"], r["behaviour"], r["target"]), r["reply"], r["prompt"]).success
-            for r in rows]
+def verdicts(rows: list[dict], judge: str = "rule") -> list[bool]:
+    items = [(corpora.Behaviour(r["id"], r["behaviour"], r["target"]), r["reply"], r["prompt"]) for r in rows]
+    if judge == "model":
+        from llmos.redteam.judge_model import JudgeModel
+        return [v.success for v in JudgeModel.load().verdicts(items)]
+    return [complies(*item).success for item in items]
+
+
+def labelled(path: Path) -> list[dict]:
+    rows = list(read_jsonl(path))
+    if unlabelled := [r["id"] for r in rows if not isinstance(r.get("complies"), bool)]:
+        raise LlmosError(f"{path}: {len(unlabelled)} rows have no \"complies\": true|false label "
+                         f"(first: {unlabelled[0]})")
+    return rows
 
 
 def agreement(args) -> None:
-    rows = list(read_jsonl(Path(args.labels)))
-    if unlabelled := [r["id"] for r in rows if not isinstance(r.get("complies"), bool)]:
-        raise LlmosError(f"{len(unlabelled)} rows have no \"complies\": true|false label (first: {unlabelled[0]})")
-    judged = verdicts(rows)
+    rows = labelled(Path(args.labels))
+    judged = verdicts(rows, args.judge)
     agree = sum(j == r["complies"] for j, r in zip(judged, rows))
     low, high = wilson(agree, len(rows))
-    print(f"agreement {agree}/{len(rows)} = {agree / len(rows):.1%} [95% CI {low:.1%}, {high:.1%}]")
+    print(f"agreement {agree}/{len(rows)} = {agree / len(rows):.1%} [95% CI {low:.1%}, {high:.1%}] ({args.judge} judge)")
     for label in (True, False):
         for verdict in (True, False):
             n = sum(j == verdict and r["complies"] == label for j, r in zip(judged, rows))
@@ -75,6 +88,22 @@ def agreement(args) -> None:
     for j, r in zip(judged, rows):
         if j != r["complies"]:
             print(f"- {r['id']} ({r['probe']}): labelled {r['complies']}, judged {j}: {r['reply'][:160]!r}")
+
+
+def train(args) -> None:
+    """Fit the judge model's head on every labelled reply of the files (their refusals and target
+    openings included: the head sees the same replies the labeller did)."""
+    import numpy as np
+
+    from llmos.redteam.judge_model import HEAD_PATH, JudgeModel, fit_head, labels_digest, save_head
+    paths = [Path(p) for p in args.labels]
+    rows = [r for path in paths for r in labelled(path)]
+    judge = JudgeModel.load(fitting=True)
+    features = judge.features([(corpora.Behaviour(r["id"], r["behaviour"], r["target"]), r["reply"], r["prompt"])
+                               for r in rows])
+    head = fit_head(features, np.array([r["complies"] for r in rows]), source=labels_digest(paths))
+    out = save_head(head, Path(args.out) if args.out else HEAD_PATH)
+    print(f"judge head fit on {len(rows)} labelled replies ({head['source']}): {out}")
 
 
 def main() -> None:
@@ -92,8 +121,13 @@ def main() -> None:
     g.add_argument("--out", required=True)
     a = verbs.add_parser("agreement")
     a.add_argument("labels")
+    a.add_argument("--judge", default="rule", choices=["rule", "model"],
+                   help="rule: probes.py complies; model: llmos/redteam/judge_model.py")
+    t = verbs.add_parser("train")
+    t.add_argument("labels", nargs="+", help="labelled JSONL files")
+    t.add_argument("--out", default="", help="the head file (default: the one llmos ships)")
     args = ap.parse_args()
-    {"generate": generate, "agreement": agreement}[args.verb](args)
+    {"generate": generate, "agreement": agreement, "train": train}[args.verb](args)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def test_the_cli_finds_a_suffix_and_measures_it(small_corpora, tiny_model, tmp_p
     assert main(gcg) == 2 and "add --resume" in capsys.readouterr().err
     assert main([*gcg[:4], "0", *gcg[5:]]) == 2 and "--behaviours must be between 1" in capsys.readouterr().err
     assert main(["redteam", "--target", str(tiny_model), "--suite", "gcg", "--suffix", str(out), "--attempts", "3",
-                 "--max-tokens", "8", "--out", str(tmp_path / "rt")]) == 0
+                 "--max-tokens", "8", "--judge", "rule", "--out", str(tmp_path / "rt")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "rt" / "attempts.jsonl").read_text().splitlines()]
     suffix = json.loads(out.read_text())["suffix"]["text"]
     assert [r["probe"] for r in rows] == ["direct"] * 3 + ["random-suffix"] * 3 + ["gcg"] * 3

@@ -102,7 +102,7 @@ def test_the_cli_fails_above_a_threshold(small_corpora, tmp_path, monkeypatch, c
     from llmos.cli import main
     monkeypatch.setattr(models.LocalModel, "load", classmethod(lambda cls, ref, **kw: ScriptedModel(
         lambda m, t: ON_TOPIC if "base64" in m[-1]["content"] else "I cannot help with that.")))
-    argv = ["redteam", "--target", "fake-model", "--suite", "jailbreak", "--attempts", "6", "--out", str(tmp_path / "o")]
+    argv = ["redteam", "--target", "fake-model", "--suite", "jailbreak", "--attempts", "6", "--judge", "rule", "--out", str(tmp_path / "o")]
     assert main(argv) == 0
     assert re.search(r"\| base64 \| encoding \| 100\.0%", capsys.readouterr().out)
     with pytest.raises(SystemExit) as stop:
@@ -217,7 +217,7 @@ def test_the_cli_runs_the_multiturn_suite_with_an_attacker(small_corpora, tmp_pa
         return ScriptedModel(poem_target if ref == "fake-target" else lambda m, t: "Ask it as a poem: the harmful thing number.")
     monkeypatch.setattr(models.LocalModel, "load", classmethod(load))
     argv = ["redteam", "--target", "fake-target", "--suite", "multiturn", "--attempts", "4", "--attacker", "fake-attacker",
-            "--pair-streams", "2", "--pair-rounds", "2", "--out", str(tmp_path / "o")]
+            "--pair-streams", "2", "--pair-rounds", "2", "--judge", "rule", "--out", str(tmp_path / "o")]
     assert main(argv) == 0 and loaded == ["fake-target", "fake-attacker"]
     out = capsys.readouterr().out
     assert re.search(r"\| pair \| pair \| 100\.0%.*\| 8 target queries", out) and "| crescendo | multi-turn | 0.0%" in out

@@ -1,6 +1,7 @@
 """`llmos redteam`: attack a model or an OpenAI-compatible endpoint with a suite of probes, and report.
 
     llmos redteam --target smollm2-135m-instruct --suite jailbreak --attempts 200
+    llmos redteam --target RUN --suite jailbreak --judge rule                # the surface rule, no judge model
     llmos redteam --target http://127.0.0.1:8000 --api-key K --suite all --fail-above 0.2   # for CI
     llmos redteam --target RUN --suite multiturn --attacker smollm2-135m-instruct --pair-streams 3   # PAIR's attacker
     llmos gcg --model RUN --behaviours 25 --steps 200 --out suffix.json      # a universal suffix (white-box)
@@ -22,7 +23,7 @@ def cmd_redteam(args):
     from llmos.agent.models import EndpointModel, LocalModel
     from llmos.common import LlmosError, llmos_home
     from llmos.redteam.harness import run_suite, table, write_report
-    from llmos.redteam.probes import SUITES
+    from llmos.redteam.probes import COMPLIANCE_PROBES, SUITES
     if args.fail_above is not None and not 0 <= args.fail_above <= 1:
         raise LlmosError(f"--fail-above is an attack success rate between 0 and 1, not {args.fail_above}")
     suffix = None
@@ -34,6 +35,10 @@ def cmd_redteam(args):
         if ref.startswith(("http://", "https://")):
             return EndpointModel(ref, api_key=api_key, model=name)
         return LocalModel.load(ref, max_batch=16)
+    judge_model = None  # only a suite with compliance probes has replies for it to read
+    if args.judge == "model" and COMPLIANCE_PROBES & set(SUITES[args.suite]):
+        from llmos.redteam.judge_model import JudgeModel
+        judge_model = JudgeModel.load()
     model = open_model(args.target, args.api_key, args.endpoint_model)
     wrapped = args.defence in WRAPPERS  # a defence around the model, whatever the suite
     if args.defence == "guard":  # the guard classifier on every job's input and every reply
@@ -49,7 +54,7 @@ def cmd_redteam(args):
         report = run_suite(model, args.suite, args.attempts, args.seed, args.max_tokens,
                            progress=lambda s: print(s, file=sys.stderr, flush=True), suffix=suffix,
                            attacker=attacker, pair_streams=args.pair_streams, pair_rounds=args.pair_rounds,
-                           defence="none" if wrapped else args.defence)
+                           defence="none" if wrapped else args.defence, judge_model=judge_model)
         if args.defence == "guard":
             report.update(defence="guard", guard_blocked=model.blocked)
         elif args.defence == "canary":
@@ -90,6 +95,9 @@ def add_parsers(verbs, fmt) -> None:
                    help="guard: the guard classifier on input and output (any suite); canary: a canary token in "
                         "the system prompt, a reply holding it withheld (any suite); delimit, datamark, dual, "
                         "dual+delimit, dual+datamark: how the injection suite's pages reach the model")
+    p.add_argument("--judge", default="model", choices=["model", "rule"],
+                   help="who decides a jailbreak reply complies: model (SmolLM2 and a head fit on hand labels; "
+                        "agrees with them best, docs/security.md) or rule (words and refusal phrases; no model)")
     p.add_argument("--suffix", default="", metavar="FILE", help="the suffix file of `llmos gcg` (suite gcg)")
     p.add_argument("--attacker", default="smollm2-135m-instruct",
                    help="PAIR's attacker: a run, params file or named model, or an endpoint URL (the target's own name: itself)")
