@@ -59,8 +59,13 @@ def generate(args) -> None:
     print(f"{len(made)} replies written to {args.out}: label each with \"complies\": true|false")
 
 
+def judged_items(rows: list[dict]) -> list[tuple[corpora.Behaviour, str, str]]:
+    """Labelled rows as the judges take them: (behaviour, reply, prompt)."""
+    return [(corpora.Behaviour(r["id"], r["behaviour"], r["target"]), r["reply"], r["prompt"]) for r in rows]
+
+
 def verdicts(rows: list[dict], judge: str = "rule") -> list[bool]:
-    items = [(corpora.Behaviour(r["id"], r["behaviour"], r["target"]), r["reply"], r["prompt"]) for r in rows]
+    items = judged_items(rows)
     if judge == "model":
         from llmos.redteam.judge_model import JudgeModel
         return [v.success for v in JudgeModel.load().verdicts(items)]
@@ -99,8 +104,7 @@ def train(args) -> None:
     paths = [Path(p) for p in args.labels]
     rows = [r for path in paths for r in labelled(path)]
     judge = JudgeModel.load(fitting=True)
-    features = judge.features([(corpora.Behaviour(r["id"], r["behaviour"], r["target"]), r["reply"], r["prompt"])
-                               for r in rows])
+    features = judge.features(judged_items(rows))
     head = fit_head(features, np.array([r["complies"] for r in rows]), source=labels_digest(paths))
     out = save_head(head, Path(args.out) if args.out else HEAD_PATH)
     print(f"judge head fit on {len(rows)} labelled replies ({head['source']}): {out}")
